@@ -1,0 +1,251 @@
+"""Typed configuration: the single source of truth for defaults, presets, CLI flags and checkpoints.
+
+Three dataclasses describe a run. :class:`ModelConfig` rebuilds the network, :class:`DiffusionConfig` the
+noise schedule, :class:`TrainConfig` the optimisation. Every field carries its help text (and, where the
+original command line spelt it differently, its flag) in ``metadata``, so ``--help``, the presets and the
+``config.json`` saved with each run can never disagree. The field defaults are the ``seed`` preset, the
+original project's "Parameters used"; the other presets are lists of overrides.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+from ddpm.errors import ConfigError
+
+
+def _opt(default: Any, help: str, flag: str | None = None, choices: tuple | None = None, **extra: Any):
+    """A dataclass field whose metadata also describes its command-line flag."""
+    meta = {"help": help, "flag": flag, "choices": choices, **extra}
+    if isinstance(default, (list, tuple)):
+        return field(default_factory=lambda: tuple(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The UNet (see :mod:`ddpm.unet` for how each field shapes it)."""
+
+    resolution: int = _opt(32, "image side length in pixels (square images)")
+    in_channels: int = _opt(3, "image channels")
+    nf: int = _opt(32, "base channel count of the UNet")
+    ch_mult: tuple[int, ...] = _opt((1, 2, 4), "channel multiplier per resolution level", nargs="+")
+    num_res_blocks: int = _opt(2, "residual blocks per encoder level")
+    attn_resolutions: tuple[int, ...] = _opt((8, 4), "resolutions (pixels) that get self-attention", nargs="+")
+    dropout: float = _opt(0.1, "dropout rate inside residual blocks")
+    time_emb_dim: int = _opt(512, "width of the timestep embedding fed to every residual block")
+    activation: str = _opt("relu", "activation function", choices=("relu", "silu"))
+    norm_groups: int = _opt(32, "GroupNorm groups; must divide every channel count")
+    skip: str = _opt(
+        "level",
+        "'level': one skip per level, learned k4s2 down/up-sampling (the original network); "
+        "'block': a skip from every block, conv/nearest resampling (Ho et al.)",
+        choices=("level", "block"),
+    )
+    attention_heads: int = _opt(1, "heads in each self-attention block")
+    grad_checkpoint: bool = _opt(False, "recompute residual blocks in the backward pass to save memory")
+
+
+@dataclass(frozen=True)
+class DiffusionConfig:
+    """The forward process q(x_t | x_0) and the reverse-process variance (Ho et al. 2020, sec. 2-3)."""
+
+    timesteps: int = _opt(1000, "diffusion steps T", flag="--time-steps")
+    beta_start: float = _opt(1e-4, "beta_1 of the linear schedule")
+    beta_end: float = _opt(0.02, "beta_T of the linear schedule")
+    schedule: str = _opt("linear", "noise schedule", choices=("linear", "cosine"))
+    variance: str = _opt(
+        "fixed_large",
+        "reverse-process variance sigma_t^2: beta_t ('fixed_large', Ho's CIFAR-10 choice) "
+        "or the posterior beta-tilde_t ('fixed_small')",
+        choices=("fixed_large", "fixed_small"),
+    )
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation, data and bookkeeping of a training run."""
+
+    save_model: str = _opt("runs/ddpm", "run directory: checkpoints, config, samples and logs go here")
+    data_dir: str | None = _opt(
+        None,
+        "training images: a folder (recursive), a .zip/.tar(.gz) of images, or a folder holding "
+        "cifar-10-batches-py/ or cifar-10-python.tar.gz; default: CIFAR-10 in ./data (downloaded if absent)",
+    )
+    total_steps: int = _opt(1_000_000, "optimisation steps")
+    batch_size: int = _opt(512, "global batch size (split across ranks under torchrun)")
+    optimizer: str = _opt("lion", "optimiser", choices=("lion", "adamw"))
+    lr: float = _opt(1e-5, "peak learning rate")
+    weight_decay: float = _opt(0.0, "decoupled weight decay")
+    lr_schedule: str = _opt("constant", "learning-rate schedule after warm-up", choices=("constant", "step", "cosine"))
+    warmup_steps: int = _opt(5000, "linear learning-rate warm-up steps")
+    steplr_steps: int = _opt(100_000, "period of the 'step' schedule")
+    steplr_factor: float = _opt(0.5, "factor applied every --steplr-steps by the 'step' schedule")
+    grad_clip: float = _opt(0.0, "clip the global gradient norm to this value (0: off)")
+    ema_decay: float = _opt(0.9999, "decay of the exponential moving average of the weights (0: off)")
+    amp: bool = _opt(False, "mixed precision: bf16 where supported, else fp16 with a gradient scaler")
+    hflip: bool = _opt(True, "random horizontal flips")
+    seed: int = _opt(0, "random seed; with the same seed a CPU run is reproducible")
+    logging_steps: int = _opt(1000, "write metrics every this many steps")
+    checkpoint_every: int = _opt(50_000, "save a checkpoint every this many steps", flag="--checkpoint")
+    keep_checkpoints: int = _opt(3, "keep the newest K checkpoints")
+    sample_every: int = _opt(10_000, "save a sample grid from the EMA weights every this many steps (0: off)")
+    sample_steps: int = _opt(100, "DDIM steps used for the --sample-every grids")
+    num_workers: int = _opt(2, "data-loading worker processes (image folders too large for memory)")
+    device: str = _opt("auto", "device", choices=("auto", "cpu", "cuda"))
+    compile: bool = _opt(False, "torch.compile the model")
+    channels_last: bool = _opt(False, "use the channels_last memory format (faster convolutions on GPUs)")
+    skip_bad_images: bool = _opt(False, "warn about unreadable images and skip them instead of stopping")
+    max_bad_steps: int = _opt(5, "stop after this many consecutive non-finite losses or gradients")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything a run needs; saved as ``config.json`` and inside every checkpoint."""
+
+    preset: str = "seed"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict:
+        """Plain JSON-able data (lists, numbers, strings), safe for ``torch.load(weights_only=True)``."""
+        return json.loads(json.dumps(asdict(self)))
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "RunConfig":
+        """Inverse of :meth:`to_dict`; unknown keys are an error, missing keys take defaults."""
+        try:
+            return cls(
+                preset=data.get("preset", "seed"),
+                model=_from_dict(ModelConfig, data.get("model", {})),
+                diffusion=_from_dict(DiffusionConfig, data.get("diffusion", {})),
+                train=_from_dict(TrainConfig, data.get("train", {})),
+            )
+        except TypeError as exc:
+            raise ConfigError(f"config does not match this version of ddpm: {exc}") from None
+
+
+def _from_dict(cls, data: dict):
+    known = {f.name: f for f in fields(cls)}
+    unknown = set(data) - set(known)
+    if unknown:
+        raise ConfigError(f"unknown {cls.__name__} keys {sorted(unknown)}")
+    values = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+    return cls(**values)
+
+
+SECTIONS: dict[str, type] = {"model": ModelConfig, "diffusion": DiffusionConfig, "train": TrainConfig}
+
+# Each preset is a set of overrides of the field defaults (which are the `seed` preset).
+PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+    # The original project's network and its "Parameters used".
+    "seed": {},
+    # Ho et al. (2020), appendix B: the 35.7M-parameter CIFAR-10 network and its training recipe.
+    "ho2020": {
+        "model": dict(
+            nf=128, ch_mult=(1, 2, 2, 2), num_res_blocks=2, attn_resolutions=(16,), dropout=0.1,
+            time_emb_dim=512, activation="silu", norm_groups=32, skip="block",
+        ),
+        "train": dict(
+            optimizer="adamw", lr=2e-4, batch_size=128, warmup_steps=5000, grad_clip=1.0,
+            ema_decay=0.9999, total_steps=800_000, lr_schedule="constant",
+        ),
+    },
+    # A few hundred thousand parameters: CPU smoke runs, tests and the tutorial.
+    "tiny": {
+        "model": dict(nf=16, ch_mult=(1, 2, 2), attn_resolutions=(8,), norm_groups=8, time_emb_dim=64, dropout=0.0),
+        "diffusion": dict(timesteps=100),
+        "train": dict(
+            optimizer="adamw", lr=1e-3, batch_size=16, warmup_steps=10, total_steps=200, ema_decay=0.99,
+            logging_steps=10, checkpoint_every=100, sample_every=100, sample_steps=20, num_workers=0,
+        ),
+    },
+}
+
+
+def make_config(preset: str = "seed", overrides: dict[str, dict[str, Any]] | None = None) -> RunConfig:
+    """The preset's config with ``overrides`` (section -> field -> value) applied on top, validated."""
+    if preset not in PRESETS:
+        raise ConfigError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    sections = {}
+    for name, cls in SECTIONS.items():
+        values = {**PRESETS[preset].get(name, {}), **(overrides or {}).get(name, {})}
+        sections[name] = cls(**values)
+    config = RunConfig(preset=preset, **sections)
+    validate(config)
+    return config
+
+
+def replace(config: RunConfig, section: str, **changes: Any) -> RunConfig:
+    """A copy of ``config`` with some fields of one section changed (configs are immutable)."""
+    return dataclasses.replace(config, **{section: dataclasses.replace(getattr(config, section), **changes)})
+
+
+def num_downsamples(model: ModelConfig) -> int:
+    """'level' UNets halve after every level (bottleneck below the last); 'block' ones between levels."""
+    return len(model.ch_mult) if model.skip == "level" else len(model.ch_mult) - 1
+
+
+def validate(config: RunConfig) -> None:
+    """Refuse configurations that would crash later or train something silently wrong."""
+    m, d, t = config.model, config.diffusion, config.train
+    positive = {
+        "--time-steps": d.timesteps, "--total-steps": t.total_steps, "--batch-size": t.batch_size,
+        "--nf": m.nf, "--resolution": m.resolution, "--num-res-blocks": m.num_res_blocks,
+        "--time-emb-dim": m.time_emb_dim, "--norm-groups": m.norm_groups, "--in-channels": m.in_channels,
+        "--logging-steps": t.logging_steps, "--checkpoint": t.checkpoint_every,
+        "--keep-checkpoints": t.keep_checkpoints, "--attention-heads": m.attention_heads,
+        "--sample-steps": t.sample_steps, "--max-bad-steps": t.max_bad_steps, "--steplr-steps": t.steplr_steps,
+    }
+    for flag, value in positive.items():
+        if value <= 0:
+            raise ConfigError(f"{flag} must be positive, got {value}")
+    non_negative = {
+        "--warmup-steps": t.warmup_steps, "--grad-clip": t.grad_clip, "--weight-decay": t.weight_decay,
+        "--sample-every": t.sample_every, "--num-workers": t.num_workers,
+    }
+    for flag, value in non_negative.items():
+        if value < 0:
+            raise ConfigError(f"{flag} must be >= 0, got {value}")
+    if not all(math.isfinite(v) for v in (d.beta_start, d.beta_end, t.lr, m.dropout, t.ema_decay)):
+        raise ConfigError("--beta-start, --beta-end, --lr, --dropout and --ema-decay must be finite numbers")
+    if not (0 < d.beta_start < d.beta_end < 1):
+        raise ConfigError(
+            f"need 0 < --beta-start < --beta-end < 1, got {d.beta_start} and {d.beta_end}"
+        )
+    if not 0 < t.lr < 1:
+        raise ConfigError(f"--lr must be in (0, 1), got {t.lr}")
+    if not 0 <= m.dropout < 1:
+        raise ConfigError(f"--dropout must be in [0, 1), got {m.dropout}")
+    if not 0 <= t.ema_decay < 1:
+        raise ConfigError(f"--ema-decay must be in [0, 1), got {t.ema_decay}")
+    if not 0 < t.steplr_factor <= 1:
+        raise ConfigError(f"--steplr-factor must be in (0, 1], got {t.steplr_factor}")
+    if not m.ch_mult or any(c <= 0 for c in m.ch_mult):
+        raise ConfigError(f"--ch-mult must be positive integers, got {list(m.ch_mult)}")
+    downs = num_downsamples(m)
+    if m.resolution % (2**downs):
+        raise ConfigError(
+            f"--resolution {m.resolution} cannot be halved {downs} times (the UNet's down-sampling steps); "
+            f"use a multiple of {2**downs} or fewer --ch-mult levels"
+        )
+    reachable = {m.resolution // 2**i for i in range(downs + 1)}
+    missing = sorted(set(m.attn_resolutions) - reachable)
+    if missing:
+        raise ConfigError(
+            f"--attn-resolutions {missing} are never reached by the UNet (its resolutions are "
+            f"{sorted(reachable, reverse=True)}); change --attn-resolutions, --resolution or --ch-mult"
+        )
+    for c in {m.nf * k for k in m.ch_mult}:
+        if c % m.norm_groups:
+            raise ConfigError(
+                f"GroupNorm with {m.norm_groups} groups cannot divide {c} channels (--nf {m.nf} x --ch-mult); "
+                f"pick --nf divisible by {m.norm_groups} or change --norm-groups"
+            )
+        if c % m.attention_heads:
+            raise ConfigError(f"--attention-heads {m.attention_heads} must divide every channel count ({c})")

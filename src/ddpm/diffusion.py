@@ -1,0 +1,139 @@
+"""The Gaussian diffusion process: noise schedules, the forward process, its posterior and the training loss.
+
+Notation follows Ho et al. (2020): beta_t is the variance added at step t, alpha_t = 1 - beta_t and
+alpha-bar_t = prod_{s<=t} alpha_s. Timesteps are 0-based (t = 0 .. T-1), as in the authors' code.
+Schedules and posterior coefficients are kept in float64 and cast to the data's dtype where used, because
+1 - alpha-bar_t is tiny for small t and float32 loses it.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from ddpm.config import DiffusionConfig
+from ddpm.errors import ConfigError
+
+Model = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def linear_betas(timesteps: int, beta_start: float, beta_end: float) -> torch.Tensor:
+    """beta_t evenly spaced from beta_start to beta_end (Ho et al. 2020, sec. 4)."""
+    return torch.linspace(beta_start, beta_end, timesteps, dtype=torch.float64)
+
+
+def cosine_betas(timesteps: int, s: float = 0.008, max_beta: float = 0.999) -> torch.Tensor:
+    """alpha-bar(t) = f(t)/f(0), f(t) = cos^2(((t/T + s)/(1 + s)) * pi/2) (Nichol & Dhariwal 2021, eq. 17).
+
+    beta_t = 1 - alpha-bar(t+1)/alpha-bar(t), clipped at ``max_beta`` to avoid the singularity at t = T.
+    """
+    def f(t: float) -> float:
+        return math.cos((t / timesteps + s) / (1 + s) * math.pi / 2) ** 2
+
+    betas = [min(1 - f(i + 1) / f(i), max_beta) for i in range(timesteps)]
+    return torch.tensor(betas, dtype=torch.float64)
+
+
+class GaussianDiffusion:
+    """Forward process q(x_t | x_0), posterior q(x_{t-1} | x_t, x_0), loss and sampling for eps-prediction models.
+
+    The network is passed to each method, never owned, so any ``model(x_t, t) -> eps`` works.
+    """
+
+    def __init__(self, timesteps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02,
+                 schedule: str = "linear", variance: str = "fixed_large"):
+        if timesteps <= 0:
+            raise ConfigError(f"timesteps must be positive, got {timesteps}")
+        if schedule == "linear":
+            if not 0 < beta_start < beta_end < 1:
+                raise ConfigError(f"need 0 < beta_start < beta_end < 1, got {beta_start} and {beta_end}")
+            betas = linear_betas(timesteps, beta_start, beta_end)
+        elif schedule == "cosine":
+            betas = cosine_betas(timesteps)
+        else:
+            raise ConfigError(f"unknown schedule {schedule!r}; choose 'linear' or 'cosine'")
+        if variance not in ("fixed_large", "fixed_small"):
+            raise ConfigError(f"unknown variance {variance!r}; choose 'fixed_large' or 'fixed_small'")
+        self.timesteps, self.schedule, self.variance = timesteps, schedule, variance
+
+        self.betas = betas
+        self.alphas = 1.0 - betas
+        self.alphas_cumprod = torch.cumprod(self.alphas, dim=0)
+        self.alphas_cumprod_prev = torch.cat([torch.ones(1, dtype=torch.float64), self.alphas_cumprod[:-1]])
+        self.sqrt_alphas_cumprod = self.alphas_cumprod.sqrt()
+        self.sqrt_one_minus_alphas_cumprod = (1.0 - self.alphas_cumprod).sqrt()
+        # Posterior q(x_{t-1} | x_t, x_0) = N(mean_coef1 * x_0 + mean_coef2 * x_t, beta-tilde_t)  (eqs. 6-7).
+        self.posterior_variance = betas * (1.0 - self.alphas_cumprod_prev) / (1.0 - self.alphas_cumprod)
+        self.posterior_mean_coef1 = betas * self.alphas_cumprod_prev.sqrt() / (1.0 - self.alphas_cumprod)
+        self.posterior_mean_coef2 = (1.0 - self.alphas_cumprod_prev) * self.alphas.sqrt() / (1.0 - self.alphas_cumprod)
+        self._device_cache: dict[tuple[str, torch.device], torch.Tensor] = {}
+
+    @classmethod
+    def from_config(cls, config: DiffusionConfig) -> "GaussianDiffusion":
+        return cls(config.timesteps, config.beta_start, config.beta_end, config.schedule, config.variance)
+
+    def _extract(self, name: str, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """``self.<name>[t]`` as a (B, 1, 1, ...) tensor in ``like``'s dtype, cached per device."""
+        key = (name, t.device)
+        if key not in self._device_cache:
+            self._device_cache[key] = getattr(self, name).to(t.device)
+        values = self._device_cache[key][t].to(like.dtype)
+        return values.reshape(-1, *([1] * (like.dim() - 1)))
+
+    def q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
+        """x_t = sqrt(alpha-bar_t) x_0 + sqrt(1 - alpha-bar_t) eps, a sample of q(x_t | x_0) (eq. 4)."""
+        noise = torch.randn_like(x0) if noise is None else noise
+        return (self._extract("sqrt_alphas_cumprod", t, x0) * x0
+                + self._extract("sqrt_one_minus_alphas_cumprod", t, x0) * noise)
+
+    def q_posterior(self, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and variance of q(x_{t-1} | x_t, x_0) (eqs. 6-7)."""
+        mean = self._extract("posterior_mean_coef1", t, x_t) * x0 + self._extract("posterior_mean_coef2", t, x_t) * x_t
+        return mean, self._extract("posterior_variance", t, x_t)
+
+    def predict_x0(self, x_t: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        """x_0 = (x_t - sqrt(1 - alpha-bar_t) eps) / sqrt(alpha-bar_t), eq. 4 solved for x_0."""
+        return (x_t - self._extract("sqrt_one_minus_alphas_cumprod", t, x_t) * eps) / self._extract(
+            "sqrt_alphas_cumprod", t, x_t
+        )
+
+    def sample_timesteps(self, batch: int, device: torch.device | str | None = None,
+                         generator: torch.Generator | None = None) -> torch.Tensor:
+        """t ~ Uniform({0, ..., T-1}), the timestep distribution of Algorithm 1."""
+        device = generator.device if generator is not None else device
+        return torch.randint(0, self.timesteps, (batch,), device=device, generator=generator)
+
+    def loss(self, model: Model, x0: torch.Tensor, t: torch.Tensor | None = None, noise: torch.Tensor | None = None,
+             generator: torch.Generator | None = None) -> torch.Tensor:
+        """L_simple = E_{t, x_0, eps} || eps - eps_theta(x_t, t) ||^2 (eq. 14, Algorithm 1), averaged over pixels.
+
+        ``t`` and ``noise`` are drawn (from ``generator`` if given) unless passed in.
+        """
+        if t is None:
+            t = self.sample_timesteps(x0.shape[0], x0.device, generator).to(x0.device)
+        if noise is None:
+            noise = torch.randn(x0.shape, generator=generator, device=generator.device if generator else x0.device,
+                                dtype=x0.dtype).to(x0.device)
+        prediction = model(self.q_sample(x0, t, noise), t)
+        return F.mse_loss(prediction.float(), noise.float())
+
+    def sample(self, model: Model, shape: tuple[int, ...], sampler: str = "ddpm", steps: int | None = None,
+               eta: float = 0.0, clip_denoised: bool = True, generator=None, device=None, callback=None,
+               x_T: torch.Tensor | None = None) -> torch.Tensor:
+        """Draw samples in [-1, 1] with ``sampler`` in {"ddpm", "ddim", "dpm++2m"} (see :mod:`ddpm.samplers`).
+
+        ``steps=None`` means all T steps for "ddpm" and 50 for the others. ``generator`` is a
+        ``torch.Generator`` or a list of one per image (per-image seeds); ``device=None`` is the model's device.
+        """
+        from ddpm import samplers  # samplers import this module
+
+        if device is None:
+            params = next(iter(model.parameters()), None) if isinstance(model, torch.nn.Module) else None
+            device = params.device if params is not None else torch.device("cpu")
+        if x_T is None:
+            x_T = samplers.randn(shape, generator, device)
+        return samplers.sample(model, self, x_T, sampler=sampler, steps=steps, eta=eta,
+                               clip_denoised=clip_denoised, generator=generator, callback=callback)
