@@ -127,10 +127,13 @@ def dpm_solver_pp_2m(model: Model, diffusion: GaussianDiffusion, x_T: torch.Tens
     lambda_t, each step is x_s = (sigma_s / sigma_t) x_t - alpha_s (e^{-h} - 1) D, where D is the data prediction
     x0 at the first step and (1 + 1/(2r)) x0_i - 1/(2r) x0_{i-1}, r = h_{i-1} / h_i, after it. The last step goes to
     sigma = 0 with the first-order update, which returns the final data prediction.
+
+    The grid holds ``steps`` distinct timesteps of {1, ..., T-1} (the step to sigma = 0 stands in for t = 0), so
+    ``steps`` is at most T - 1 (or 1 when T = 1); more would repeat a timestep and divide by h = 0.
     """
     T = diffusion.timesteps
-    if not 1 <= steps <= T:
-        raise ConfigError(f"sampling steps must be between 1 and T = {T}, got {steps}")
+    if not 1 <= steps <= max(T - 1, 1):
+        raise ConfigError(f"dpm++2m sampling steps must be between 1 and T - 1 = {max(T - 1, 1)}, got {steps}")
     timesteps = [round(i * (T - 1) / steps) for i in reversed(range(1, steps + 1))]
     x = x_T
     previous_x0, previous_h = None, None
@@ -158,14 +161,16 @@ def dpm_solver_pp_2m(model: Model, diffusion: GaussianDiffusion, x_T: torch.Tens
 def sample(model: Model, diffusion: GaussianDiffusion, x_T: torch.Tensor, sampler: str = "ddpm",
            steps: int | None = None, eta: float = 0.0, clip_denoised: bool = True, generator: Generator = None,
            callback: Callback = None) -> torch.Tensor:
-    """Run ``sampler`` from ``x_T``. ``steps=None``: all T steps for "ddpm", 50 for "ddim" and "dpm++2m"."""
+    """Run ``sampler`` from ``x_T``. ``steps=None``: all T steps for "ddpm", 50 for "ddim" and "dpm++2m"
+    (at most T for "ddim" and T - 1 for "dpm++2m", see :func:`dpm_solver_pp_2m`)."""
     T = diffusion.timesteps
     if sampler == "ddpm":
         ts = None if steps is None or steps == T else sampling_timesteps(T, steps)
         return ddpm_sample(model, diffusion, x_T, ts, clip_denoised, generator, callback)
-    steps = min(50, T) if steps is None else steps
     if sampler == "ddim":
+        steps = min(50, T) if steps is None else steps
         return ddim_sample(model, diffusion, x_T, sampling_timesteps(T, steps), eta, clip_denoised, generator, callback)
     if sampler == "dpm++2m":
+        steps = min(50, max(T - 1, 1)) if steps is None else steps
         return dpm_solver_pp_2m(model, diffusion, x_T, steps, clip_denoised, callback)
     raise ConfigError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
