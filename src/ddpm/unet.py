@@ -57,7 +57,8 @@ class TimestepEmbedding(nn.Module):
 class ResBlock(nn.Module):
     """GroupNorm -> act -> Conv, plus the projected timestep embedding, then GroupNorm -> act -> Dropout -> Conv.
 
-    The second convolution starts at zero (Ho et al.'s ``init_scale=0``), so every block starts as the identity.
+    The second convolution starts at zero, weight and bias (Ho et al.'s ``init_scale=0``; their biases start at zero),
+    so every block starts as the identity (a 1x1 convolution when the channel count changes).
     """
 
     def __init__(self, in_ch: int, out_ch: int, emb_dim: int, dropout: float, act: type[nn.Module], groups: int,
@@ -69,6 +70,7 @@ class ResBlock(nn.Module):
             nn.GroupNorm(groups, out_ch), act(), nn.Dropout(dropout), nn.Conv2d(out_ch, out_ch, 3, padding=1)
         )
         nn.init.zeros_(self.out_layers[-1].weight)
+        nn.init.zeros_(self.out_layers[-1].bias)
         self.shortcut = nn.Identity() if in_ch == out_ch else nn.Conv2d(in_ch, out_ch, 1)
         self.grad_checkpoint = grad_checkpoint
 
@@ -84,7 +86,10 @@ class ResBlock(nn.Module):
 
 
 class AttentionBlock(nn.Module):
-    """Multi-head self-attention over all pixels, with a residual connection (Ho et al., appendix B)."""
+    """Multi-head self-attention over all pixels, with a residual connection (Ho et al., appendix B).
+
+    The output projection starts at zero, weight and bias, so the block starts as the identity.
+    """
 
     def __init__(self, ch: int, heads: int, groups: int):
         super().__init__()
@@ -93,6 +98,7 @@ class AttentionBlock(nn.Module):
         self.qkv = nn.Conv2d(ch, 3 * ch, 1)
         self.proj = nn.Conv2d(ch, ch, 1)
         nn.init.zeros_(self.proj.weight)
+        nn.init.zeros_(self.proj.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
