@@ -119,6 +119,17 @@ def download_cifar10(root: str | Path, url: str = CIFAR10_URL, md5: str | None =
     target = root / CIFAR10_ARCHIVE
     if target.is_file() and check_integrity(str(target), md5):
         return target
+    partial = root / f".{CIFAR10_ARCHIVE}.part"  # renamed only once complete and verified
+    try:
+        download_url(url, str(root), partial.name)
+    except Exception as exc:
+        partial.unlink(missing_ok=True)
+        raise DataError(f"could not download CIFAR-10 from {url} ({exc.__class__.__name__}: {exc}); {DATA_HELP}") from None
+    if not check_integrity(str(partial), md5):
+        partial.unlink(missing_ok=True)
+        raise DataError(f"the CIFAR-10 download from {url} failed its checksum; try again or {DATA_HELP}")
+    os.replace(partial, target)
+    return target
     try:
         download_url(url, str(root), CIFAR10_ARCHIVE, md5)
     except Exception as exc:

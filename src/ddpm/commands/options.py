@@ -1,0 +1,60 @@
+"""Command-line flags generated from the config dataclasses, so flags, help texts and defaults never drift."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import typing
+from typing import Any
+
+from ddpm.config import PRESETS, SECTIONS
+
+
+def flag_name(field: dataclasses.Field) -> str:
+    return field.metadata.get("flag") or "--" + field.name.replace("_", "-")
+
+
+def _base_type(hint: Any) -> type:
+    """int for ``int``, ``tuple[int, ...]`` and ``int | None``; likewise for the other scalar types."""
+    args = [a for a in typing.get_args(hint) if a is not type(None) and a is not Ellipsis]
+    return _base_type(args[0]) if args else hint
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """One flag per config field. Defaults are suppressed so that only explicitly given flags override the preset;
+    the help shows the field default, which is the ``seed`` preset's value."""
+    for section, cls in SECTIONS.items():
+        group = parser.add_argument_group(f"{section} options")
+        hints = typing.get_type_hints(cls)
+        for field in dataclasses.fields(cls):
+            kind = _base_type(hints[field.name])
+            default = field.default if field.default is not dataclasses.MISSING else field.default_factory()
+            shown = " ".join(map(str, default)) if isinstance(default, tuple) else default
+            help_text = f"{field.metadata['help']} (default: {shown}; presets may change it)"
+            kwargs: dict[str, Any] = dict(dest=f"{section}.{field.name}", default=argparse.SUPPRESS, help=help_text)
+            if kind is bool:
+                kwargs["action"] = argparse.BooleanOptionalAction
+            else:
+                kwargs.update(type=kind, metavar=field.name.upper())
+                if field.metadata.get("choices"):
+                    kwargs.update(choices=field.metadata["choices"], metavar="{" + ",".join(field.metadata["choices"]) + "}")
+                if field.metadata.get("nargs"):
+                    kwargs["nargs"] = field.metadata["nargs"]
+            group.add_argument(flag_name(field), **kwargs)
+
+
+def add_preset_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--preset", choices=tuple(PRESETS), default=argparse.SUPPRESS,
+                        help="starting configuration that explicit flags override: 'seed' (the original network), "
+                             "'ho2020' (Ho et al.'s 35.7M CIFAR-10 network and recipe), 'tiny' (CPU smoke runs) "
+                             "(default: seed)")
+
+
+def overrides_from_args(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    """The explicitly given config flags as {section: {field: value}}."""
+    overrides: dict[str, dict[str, Any]] = {}
+    for key, value in vars(args).items():
+        section, _, name = key.partition(".")
+        if section in SECTIONS and name:
+            overrides.setdefault(section, {})[name] = tuple(value) if isinstance(value, list) else value
+    return overrides

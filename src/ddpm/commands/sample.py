@@ -1,0 +1,102 @@
+"""``ddpm sample`` (and ``python main.py --sample``): draw images from a trained model.
+
+Writes a grid (``--output``), a folder of PNGs named by seed (``--output-dir``; an interrupted job resumes by
+skipping the images already there) and/or an .npz of uint8 images (``--npz``, N x H x W x 3 under ``arr_0``, the
+format of OpenAI's evaluator). Under ``torchrun`` each rank draws its share of the seeds into ``--output-dir``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ddpm.samplers import SAMPLERS
+
+
+def register(subparsers) -> None:
+    from ddpm.cli import HelpFormatter
+
+    parser = subparsers.add_parser("sample", help="sample images from a checkpoint", description=__doc__,
+                                   formatter_class=HelpFormatter)
+    parser.add_argument("--load-model", required=True, metavar="PATH",
+                        help="run directory (its newest checkpoint), checkpoint .pt or exported .safetensors")
+    parser.add_argument("--num-samples", type=int, default=64, help="number of images")
+    parser.add_argument("--sampler", choices=SAMPLERS, default="ddpm",
+                        help="ddpm: ancestral (Ho et al.); ddim: Song et al.; dpm++2m: DPM-Solver++(2M)")
+    parser.add_argument("--sampling-steps", type=int, default=None,
+                        help="network evaluations; default: all T for ddpm, 50 for ddim and dpm++2m")
+    parser.add_argument("--eta", type=float, default=0.0, help="DDIM stochasticity (0: deterministic)")
+    parser.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
+    parser.add_argument("--seed", type=int, default=0, help="image i uses seed SEED + i")
+    parser.add_argument("--output", default=None, metavar="FILE.png",
+                        help="image grid (about sqrt(N) columns); default samples.png unless --output-dir/--npz is given")
+    parser.add_argument("--output-dir", default=None, metavar="DIR", help="also write one PNG per image, named by seed")
+    parser.add_argument("--npz", default=None, metavar="FILE.npz", help="also write all images as a uint8 .npz")
+    parser.add_argument("--weights", choices=("ema", "raw"), default="ema", help="EMA or raw training weights")
+    parser.add_argument("--no-clip", action="store_true", help="do not clip the predicted x0 to [-1, 1]")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="device")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from torchvision.utils import save_image
+
+    from ddpm.checkpoint import load_model
+    from ddpm.distributed import barrier, cleanup, init_distributed
+    from ddpm.errors import ConfigError
+    from ddpm.generate import generate, grid_columns, image_path, save_png
+
+    if args.num_samples <= 0 or args.batch_size <= 0:
+        raise ConfigError("--num-samples and --batch-size must be positive")
+    outputs = [Path(p) for p in (args.output, args.npz) if p]
+    if args.output is None and args.output_dir is None and args.npz is None:
+        args.output = "samples.png"
+        outputs.append(Path(args.output))
+    for path in outputs:
+        if not path.parent.exists():
+            raise ConfigError(f"cannot write {path}: folder {path.parent} does not exist")
+    dist = init_distributed(args.device)
+    try:
+        if dist.enabled and args.output_dir is None:
+            raise ConfigError("under torchrun pass --output-dir: each rank writes its share of the images there")
+        loaded = load_model(args.load_model, dist.device, args.weights)
+        seeds = [args.seed + i for i in range(args.num_samples)]
+        folder = Path(args.output_dir) if args.output_dir else None
+        if folder is not None:
+            folder.mkdir(parents=True, exist_ok=True)
+        todo = [s for s in seeds if folder is None or not image_path(folder, s).exists()][dist.rank::dist.world_size]
+        if dist.is_main:
+            print(f"{loaded.source} (step {loaded.step}, {loaded.weights} weights): {len(seeds)} images, "
+                  f"{len(seeds) - len(todo) * dist.world_size if folder else 0} already written, sampler {args.sampler}")
+        kept: dict[int, np.ndarray] = {}
+
+        def on_batch(batch_seeds, images):
+            for s, image in zip(batch_seeds, images.numpy()):
+                if folder is not None:
+                    save_png(image, image_path(folder, s))
+                else:
+                    kept[s] = image
+
+        rate = generate(loaded.model, loaded.diffusion, todo, args.batch_size, on_batch, args.sampler,
+                        args.sampling_steps, args.eta, not args.no_clip, dist.device, progress=dist.is_main)
+        barrier(dist)
+        if not dist.is_main:
+            return 0
+        if folder is not None:
+            from PIL import Image
+
+            kept = {s: np.asarray(Image.open(image_path(folder, s)).convert("RGB")) for s in seeds}
+        images = np.stack([kept[s] for s in seeds])
+        if args.npz:
+            np.savez(args.npz, arr_0=images)
+        if args.output:
+            grid = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255
+            save_image(grid, args.output, nrow=grid_columns(len(seeds)), padding=2)
+        written = ", ".join(str(p) for p in (args.output, args.output_dir, args.npz) if p)
+        print(f"wrote {len(seeds)} images to {written} ({rate:.2f} img/s)")
+        return 0
+    finally:
+        cleanup(dist)

@@ -1,0 +1,73 @@
+"""Process-group set-up for ``torchrun`` (DistributedDataParallel): NCCL on GPUs, gloo on CPUs.
+
+Without torchrun's environment variables everything degrades to a single process, so the same code path
+serves one CPU, one GPU and many nodes.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from ddpm.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int
+    local_rank: int
+    world_size: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+
+def resolve_device(choice: str, local_rank: int = 0) -> torch.device:
+    """``auto`` is CUDA when available, else CPU; ``cuda`` without a GPU is an error, not a silent fallback."""
+    if choice == "cuda" or (choice == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise ConfigError("--device cuda was requested but no CUDA GPU is available; use --device cpu")
+        return torch.device("cuda", local_rank)
+    if choice not in ("auto", "cpu"):
+        raise ConfigError(f"unknown device {choice!r}; choose auto, cpu or cuda")
+    return torch.device("cpu")
+
+
+def init_distributed(device_choice: str) -> DistInfo:
+    """Join the process group torchrun describes (if any) and pick this rank's device."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    device = resolve_device(device_choice, local_rank)
+    if world_size > 1 and not dist.is_initialized():
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", device_id=device if device.type == "cuda" else None)
+    return DistInfo(rank, local_rank, world_size, device)
+
+
+def barrier(info: DistInfo) -> None:
+    if info.enabled:
+        dist.barrier()
+
+
+def any_rank(info: DistInfo, flag: bool) -> bool:
+    """True on every rank if ``flag`` is true on any rank (e.g. a signal that reached only some of them)."""
+    if not info.enabled:
+        return flag
+    value = torch.tensor([1.0 if flag else 0.0], device=info.device)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())
+
+
+def cleanup(info: DistInfo) -> None:
+    if info.enabled and dist.is_initialized():
+        dist.destroy_process_group()

@@ -1,0 +1,64 @@
+"""Sampling many images: one seed per image, batched, resumable, shared across ranks.
+
+Image i is drawn from its own generator seeded with ``seed + i`` (EDM's convention), so it is the same image
+whatever the batch size, the device count or the order in which the batches run.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm.auto import tqdm
+
+from ddpm.diffusion import GaussianDiffusion
+
+
+def to_uint8(x: torch.Tensor) -> torch.Tensor:
+    """Model range [-1, 1] (N, C, H, W) -> uint8 [0, 255] (N, H, W, C) on the CPU."""
+    return ((x.float() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu()
+
+
+def image_path(folder: Path, seed: int) -> Path:
+    return folder / f"{seed:06d}.png"
+
+
+def save_png(image: np.ndarray, path: Path) -> None:
+    """Write atomically, so that an interrupted job never leaves a truncated image that a resume would keep."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    Image.fromarray(image.squeeze(-1) if image.shape[-1] == 1 else image).save(tmp, format="PNG")
+    os.replace(tmp, path)
+
+
+def generate(model: torch.nn.Module, diffusion: GaussianDiffusion, seeds: Sequence[int], batch_size: int,
+             on_batch: Callable[[list[int], torch.Tensor], None], sampler: str = "ddim", steps: int | None = None,
+             eta: float = 0.0, clip_denoised: bool = True, device: torch.device | None = None,
+             progress: bool = True) -> float:
+    """Sample one image per seed and hand each batch to ``on_batch(seeds, uint8 NHWC images)``.
+
+    Returns the images per second achieved.
+    """
+    device = device or next(model.parameters()).device
+    c, r = model.config.in_channels, model.config.resolution
+    bar = tqdm(total=len(seeds), unit="img", disable=not progress, dynamic_ncols=True)
+    start = time.perf_counter()
+    for i in range(0, len(seeds), batch_size):
+        chunk = list(seeds[i:i + batch_size])
+        generators = [torch.Generator(device).manual_seed(s) for s in chunk]
+        x = diffusion.sample(model, (len(chunk), c, r, r), sampler=sampler, steps=steps, eta=eta,
+                             clip_denoised=clip_denoised, generator=generators, device=device)
+        on_batch(chunk, to_uint8(x))
+        bar.update(len(chunk))
+    bar.close()
+    return len(seeds) / max(time.perf_counter() - start, 1e-9)
+
+
+def grid_columns(n: int) -> int:
+    """About sqrt(N) columns."""
+    return max(1, math.ceil(math.sqrt(n)))

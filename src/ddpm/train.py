@@ -1,0 +1,360 @@
+"""The training loop: Algorithm 1 of Ho et al. (2020) with the bookkeeping a long run needs.
+
+Each step draws x_0 from the data, t ~ U{0..T-1} and eps ~ N(0, I), and takes a gradient step on
+||eps - eps_theta(sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps, t)||^2. Around it: warm-up and LR schedules, AdamW or
+Lion, mixed precision, gradient clipping, an EMA of the weights, DistributedDataParallel under ``torchrun``,
+TensorBoard and ``metrics.jsonl`` logs, sample grids, atomic checkpoints, exact resume and clean preemption.
+
+All randomness of step s on rank r (data order, flips, timesteps, noise, dropout) is derived from
+(seed, s, r), so a resumed run repeats bit for bit what an uninterrupted one does.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from tqdm.auto import tqdm
+
+from ddpm import __version__
+from ddpm.checkpoint import atomic_write, list_checkpoints, load_latest, save_checkpoint
+from ddpm.config import RunConfig, make_config
+from ddpm.data import StepBatches, derive_seed, iterate_batches, open_training_data, to_model_range
+from ddpm.diffusion import GaussianDiffusion
+from ddpm.distributed import DistInfo, any_rank, barrier, cleanup, init_distributed
+from ddpm.ema import EMA
+from ddpm.errors import ConfigError, DDPMError
+from ddpm.unet import UNet, count_parameters
+
+# Flags that may differ between a checkpoint and the command that resumes it; anything else must match.
+MUTABLE_ON_RESUME = {
+    "total_steps", "logging_steps", "checkpoint_every", "keep_checkpoints", "sample_every", "sample_steps",
+    "num_workers", "device", "compile", "channels_last", "skip_bad_images", "max_bad_steps", "data_dir",
+    "save_model", "grad_checkpoint",
+}
+SAMPLE_GRID = 64
+
+
+class TrainingError(DDPMError):
+    """Training cannot continue (e.g. repeated non-finite losses)."""
+
+
+def lr_factor(step: int, total_steps: int, warmup_steps: int, schedule: str, steplr_steps: int,
+              steplr_factor: float) -> float:
+    """Multiplier of the peak LR at ``step``: linear warm-up, then constant, step decay or cosine decay to 0."""
+    warmup = min(1.0, (step + 1) / warmup_steps) if warmup_steps else 1.0
+    if schedule == "constant":
+        return warmup
+    if schedule == "step":
+        return warmup * steplr_factor ** (step // steplr_steps)
+    if schedule == "cosine":
+        progress = min(1.0, max(0, step - warmup_steps) / max(1, total_steps - warmup_steps))
+        return warmup * 0.5 * (1 + math.cos(math.pi * progress))
+    raise ConfigError(f"unknown --lr-schedule {schedule!r}")
+
+
+def make_optimizer(params, config: RunConfig, device: torch.device) -> torch.optim.Optimizer:
+    t = config.train
+    if t.optimizer == "lion":
+        from lion_pytorch import Lion
+
+        return Lion(params, lr=t.lr, weight_decay=t.weight_decay)
+    fused = device.type == "cuda"
+    return torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay, fused=fused, foreach=None if fused else True)
+
+
+def resume_config(saved: RunConfig, preset: str | None, overrides: dict[str, dict[str, Any]]) -> RunConfig:
+    """The config of a resumed run: the checkpoint's, with only the flags of :data:`MUTABLE_ON_RESUME` changed.
+
+    Any other explicitly given flag that disagrees with the checkpoint is refused, naming the flags.
+    """
+    conflicts = []
+    if preset is not None and preset != saved.preset:
+        conflicts.append(f"--preset ({saved.preset} in the checkpoint, {preset} given)")
+    changes: dict[str, dict[str, Any]] = {}
+    for section, values in overrides.items():
+        saved_section = getattr(saved, section)
+        for name, value in values.items():
+            old = getattr(saved_section, name)
+            if name in MUTABLE_ON_RESUME:
+                changes.setdefault(section, {})[name] = value
+            elif (tuple(value) if isinstance(value, list) else value) != old:
+                conflicts.append(f"--{name.replace('_', '-')} ({old} in the checkpoint, {value} given)")
+    if conflicts:
+        raise ConfigError(f"cannot resume with different hyper-parameters: {'; '.join(conflicts)}; drop these flags "
+                          "or start a new run with another --save-model")
+    base = {s: {k: v for k, v in saved.to_dict()[s].items()} for s in ("model", "diffusion", "train")}
+    for section, values in changes.items():
+        base[section].update(values)
+    return make_config(saved.preset, base)
+
+
+class _StopSignal:
+    """First SIGINT/SIGTERM asks the loop to save and stop; a second SIGINT exits at once."""
+
+    def __init__(self):
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self):
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(ValueError):  # not the main thread: no handlers
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.signum is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signum = signum
+        print(f"\nreceived {signal.Signals(signum).name}: saving a checkpoint at the end of this step "
+              "(press Ctrl-C again to quit without saving)", file=sys.stderr, flush=True)
+
+    def __exit__(self, *exc):
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+
+class Trainer:
+    """Owns the model, EMA, optimiser and run directory of one training run (one per rank under torchrun)."""
+
+    def __init__(self, config: RunConfig, dist: DistInfo, state: dict | None = None, log=print):
+        self.config, self.dist, self.log = config, dist, log
+        m, t = config.model, config.train
+        self.device = dist.device
+        self.run_dir = Path(t.save_model)
+        self.diffusion = GaussianDiffusion.from_config(config.diffusion)
+        if m.in_channels != 3:
+            raise ConfigError(f"--in-channels must be 3 to train on RGB images, got {m.in_channels}")
+
+        torch.manual_seed(t.seed)  # identical initial weights on every rank
+        self.model = UNet(m).to(self.device)
+        if t.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.ema = EMA(self.model, t.ema_decay)
+        self.optimizer = make_optimizer(self.model.parameters(), config, self.device)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer,
+            lambda step: lr_factor(step, t.total_steps, t.warmup_steps, t.lr_schedule, t.steplr_steps, t.steplr_factor),
+        )
+        bf16 = self.device.type == "cpu" or torch.cuda.is_bf16_supported()
+        self.amp_dtype = (torch.bfloat16 if bf16 else torch.float16) if t.amp else None
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
+        self.step, self.elapsed, self.skipped = 0, 0.0, 0
+        if state is not None:
+            self._load_state(state)
+
+        self.train_model: nn.Module = self.model
+        if dist.enabled:
+            self.train_model = DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None
+            )
+        if t.compile:
+            self.train_model = torch.compile(self.train_model)
+        self.generator = torch.Generator(self.device)
+
+    # ---------------------------------------------------------------------------------------------- state
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(), "ema": self.ema.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(), "step": self.step,
+            "config": self.config.to_dict(), "elapsed": self.elapsed, "skipped_steps": self.skipped,
+            "world_size": self.dist.world_size, "version": __version__,
+        }
+
+    def _load_state(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.ema.load_state_dict(state["ema"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.step, self.elapsed = int(state["step"]), float(state["elapsed"])
+        self.skipped = int(state.get("skipped_steps", 0))
+
+    def save(self) -> Path | None:
+        """Checkpoint on rank 0 (all ranks hold the same weights); the others wait for it."""
+        path = None
+        if self.dist.is_main:
+            path = save_checkpoint(self.run_dir, self.step, self.state_dict(), self.config.train.keep_checkpoints)
+        barrier(self.dist)
+        return path
+
+    # ---------------------------------------------------------------------------------------------- one step
+    def train_step(self, images: torch.Tensor) -> tuple[torch.Tensor, float]:
+        """One optimisation step on a uint8 batch; returns (loss, gradient norm). Non-finite steps are skipped."""
+        t = self.config.train
+        self.generator.manual_seed(derive_seed(t.seed, self.step, self.dist.rank))
+        torch.manual_seed(derive_seed(t.seed, self.step, self.dist.rank, 1))  # dropout
+        x0 = to_model_range(images, t.hflip, self.generator)
+        if t.channels_last:
+            x0 = x0.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+            loss = self.diffusion.loss(self.train_model, x0, generator=self.generator)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(self.optimizer)
+        max_norm = t.grad_clip if t.grad_clip > 0 else float("inf")
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm, foreach=True).item()
+        finite = math.isfinite(grad_norm) and math.isfinite(loss.item())
+        if finite or self.scaler.is_enabled():
+            # With fp16 the scaler itself skips steps whose gradients overflowed and lowers its scale.
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        if finite:
+            self.ema.update(self.model)
+        self.scheduler.step()
+        self.step += 1
+        return loss.detach(), grad_norm if finite else float("nan")
+
+    # ---------------------------------------------------------------------------------------------- the run
+    def run(self, data) -> int | None:
+        """Train until ``total_steps``; returns the signal number if stopped by SIGINT/SIGTERM, else None."""
+        t = self.config.train
+        batches = StepBatches(len(data), t.batch_size, t.seed, self.dist.rank, self.dist.world_size)
+        main = self.dist.is_main
+        writer = self._writer() if main else None
+        bar = tqdm(total=t.total_steps, initial=self.step, disable=not main, dynamic_ncols=True, unit="step")
+        window_loss, window_steps, window_time, bad_in_a_row = 0.0, 0, 0.0, 0
+        stopped = None
+        try:
+            with _StopSignal() as stop:
+                stream = iterate_batches(data, batches, self.step, t.total_steps, self.device, t.num_workers)
+                step_start = time.perf_counter()
+                for images in stream:
+                    loss, grad_norm = self.train_step(images)
+                    step_time = time.perf_counter() - step_start  # data + step; sampling and saving excluded
+                    self.elapsed += step_time
+                    window_time += step_time
+                    if math.isfinite(grad_norm):
+                        bad_in_a_row = 0
+                        window_loss += loss.item()
+                        window_steps += 1
+                    else:
+                        self.skipped += 1
+                        bad_in_a_row += 1
+                        if bad_in_a_row > t.max_bad_steps:
+                            last = list_checkpoints(self.run_dir)
+                            raise TrainingError(
+                                f"non-finite loss or gradients for {bad_in_a_row} steps in a row at step {self.step}; "
+                                f"the last good checkpoint is {last[-1] if last else 'none'}. Lower --lr, set "
+                                "--grad-clip or run without --amp, then --resume"
+                            )
+                    bar.update(1)
+                    if self.step % t.logging_steps == 0 and main:
+                        rate = window_steps * t.batch_size / max(window_time, 1e-9)
+                        self._log_metrics(writer, bar, window_loss / max(window_steps, 1), grad_norm, rate)
+                        window_loss, window_steps, window_time = 0.0, 0, 0.0
+                    if t.sample_every and self.step % t.sample_every == 0 and main:
+                        self._sample_grid(writer)
+                    if self.step % t.checkpoint_every == 0 or self.step == t.total_steps:
+                        self.save()
+                    if any_rank(self.dist, stop.signum is not None):
+                        stopped = stop.signum or signal.SIGTERM
+                        if self.step % t.checkpoint_every and self.step != t.total_steps:
+                            self.save()
+                        break
+                    step_start = time.perf_counter()
+        finally:
+            bar.close()
+            if writer is not None:
+                writer.close()
+        return stopped
+
+    def _writer(self):
+        from torch.utils.tensorboard import SummaryWriter
+
+        return SummaryWriter(str(self.run_dir / "tensorboard"))
+
+    def _log_metrics(self, writer, bar, loss: float, grad_norm: float, rate: float) -> None:
+        lr = self.scheduler.get_last_lr()[0]
+        record = {"step": self.step, "loss": loss, "lr": lr, "grad_norm": grad_norm, "images_per_sec": rate,
+                  "train_sec": self.elapsed, "skipped_steps": self.skipped}
+        with open(self.run_dir / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+        for key in ("loss", "lr", "grad_norm", "images_per_sec"):
+            writer.add_scalar(f"train/{key}", record[key], self.step)
+        bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", img_s=f"{rate:.1f}")
+
+    @torch.no_grad()
+    def _sample_grid(self, writer) -> None:
+        """DDIM samples of the EMA weights from fixed noise, so grids of successive steps are comparable."""
+        from torchvision.utils import make_grid, save_image
+
+        t, m = self.config.train, self.config.model
+        generator = torch.Generator().manual_seed(t.seed)
+        shape = (SAMPLE_GRID, m.in_channels, m.resolution, m.resolution)
+        x = self.diffusion.sample(self.ema.model, shape, sampler="ddim", steps=min(t.sample_steps, self.diffusion.timesteps),
+                                  generator=generator, device=self.device)
+        grid = make_grid((x.float().cpu() + 1) / 2, nrow=int(math.sqrt(SAMPLE_GRID)))
+        out = self.run_dir / "samples"
+        out.mkdir(exist_ok=True)
+        save_image(grid, out / f"step-{self.step:08d}.png")
+        writer.add_image("samples/ema", grid.clamp(0, 1), self.step)
+
+
+def prepare_run(preset: str | None, overrides: dict[str, dict[str, Any]], resume: bool,
+                log=print) -> tuple[RunConfig, dict | None]:
+    """Resolve the config of a new or resumed run and load the checkpoint to resume from, if any."""
+    fresh = make_config(preset or "seed", overrides)
+    run_dir = Path(fresh.train.save_model)
+    existing = list_checkpoints(run_dir)
+    if not resume:
+        if existing:
+            raise ConfigError(f"{run_dir} already holds checkpoints; pass --resume to continue that run or choose "
+                              "another --save-model")
+        return fresh, None
+    found = load_latest(run_dir)
+    if found is None:
+        if existing:
+            raise ConfigError(f"no readable checkpoint in {run_dir} (all {len(existing)} are corrupt)")
+        log(f"--resume: no checkpoint in {run_dir} yet, starting a new run")
+        return fresh, None
+    path, state = found
+    saved = RunConfig.from_dict(state["config"])
+    config = resume_config(saved, preset, overrides)
+    log(f"resuming from {path} (step {state['step']})")
+    return config, state
+
+
+def train(config: RunConfig, state: dict | None = None, log=print) -> int:
+    """Run (or continue) training; returns the process exit code (0, or 128 + signal when preempted)."""
+    dist = init_distributed(config.train.device)
+    try:
+        return _train(config, state, dist, log if dist.is_main else (lambda *a, **k: None))
+    finally:
+        cleanup(dist)
+
+
+def _train(config: RunConfig, state: dict | None, dist: DistInfo, log) -> int:
+    t = config.train
+    run_dir = Path(t.save_model)
+    if dist.is_main:
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"cannot create run directory {run_dir}: {exc.strerror}") from None
+        atomic_write(run_dir / "config.json", lambda f: f.write(json.dumps(config.to_dict(), indent=2).encode()))
+    log(f"rank {dist.rank} of world size {dist.world_size} on {dist.device}")
+    # Rank 0 downloads/decodes first so that the others find the data in place.
+    data = open_training_data(t.data_dir, config.model.resolution, t.skip_bad_images, t.num_workers) if dist.is_main else None
+    barrier(dist)
+    if data is None:
+        data = open_training_data(t.data_dir, config.model.resolution, t.skip_bad_images, t.num_workers)
+    trainer = Trainer(config, dist, state, log)
+    log(f"data: {data.description}")
+    log(f"model: {count_parameters(trainer.model):,} parameters ({config.preset} preset); run directory {run_dir}")
+    stopped = trainer.run(data)
+    if stopped is not None:
+        log(f"stopped by {signal.Signals(stopped).name} at step {trainer.step}; checkpoint saved in {run_dir}; "
+            "continue with --resume")
+        return 128 + stopped
+    log(f"done: {trainer.step} steps in {trainer.elapsed / 3600:.2f} h; checkpoints in {run_dir}")
+    return 0
