@@ -1,0 +1,117 @@
+"""``ddpm eval CHECKPOINT``: sample N images and score them (FID, KID, precision/recall) against a reference.
+
+Samples are scored batch by batch as they are drawn (no PNGs unless --keep-samples). Each evaluated step count
+prints one summary line and appends one JSON line to eval.jsonl in the checkpoint's folder (the run directory):
+checkpoint, step, weights, sampler, steps, N, FID, KID, KID std, precision, recall, wall time and reference.
+A comma list of step counts is a sweep: every point uses the same seeds, and FID against network evaluations
+(NFE, = steps for these samplers) is plotted to fid_vs_nfe.png in the run directory.
+Published CIFAR-10 FIDs use 50,000 samples of the EMA weights against cifar10-train; see docs/fid.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+from ddpm.commands.fid import _positive_int
+from ddpm.samplers import SAMPLERS
+
+EXAMPLE = """examples:
+  ddpm eval runs/cifar10 --num-samples 50000 --sampler ddpm --sampling-steps 1000 --batch-size 500
+  ddpm eval runs/cifar10 --num-samples 10000 --sampler ddim --sampling-steps 10,20,50,100"""
+
+
+def _step_list(text: str) -> list[int]:
+    """``"10,20,50"`` -> [10, 20, 50]: positive, without repeats, in the given order."""
+    try:
+        steps = [_positive_int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected positive integers separated by commas, got {text!r}") from None
+    if len(set(steps)) != len(steps):
+        raise argparse.ArgumentTypeError(f"{text!r} repeats a step count")
+    return steps
+
+
+def register(subparsers) -> None:
+    from ddpm.cli import HelpFormatter
+
+    parser = subparsers.add_parser("eval", help="sample from a checkpoint and compute FID, KID, precision/recall",
+                                   description=__doc__, epilog=EXAMPLE, formatter_class=HelpFormatter)
+    parser.add_argument("checkpoint", metavar="CHECKPOINT",
+                        help="run directory (its newest checkpoint), checkpoint .pt or exported .safetensors")
+    parser.add_argument("--num-samples", type=_positive_int, default=50_000, metavar="N",
+                        help="images to sample per step count (papers: 50,000; FID is biased upwards for fewer)")
+    parser.add_argument("--sampler", choices=SAMPLERS, default="ddpm",
+                        help="ddpm: ancestral (Ho et al.); ddim: Song et al. (eta 0); dpm++2m: DPM-Solver++(2M)")
+    parser.add_argument("--sampling-steps", type=_step_list, required=True, metavar="K[,K...]",
+                        help="network evaluations per image (1000 for Ho et al.'s FID); a comma list is a sweep")
+    parser.add_argument("--reference", default="cifar10-train",
+                        help="what to compare with: cifar10-train, cifar10-test, or any images or statistics that "
+                             "`ddpm fid` accepts as B (folder, archive, .npz)")
+    parser.add_argument("--data-dir", default=None, metavar="PATH",
+                        help="folder with cifar-10-batches-py/ or cifar-10-python.tar.gz for the built-in references; "
+                             "None: ./data, where CIFAR-10 is downloaded if absent (only when not yet cached)")
+    parser.add_argument("--batch-size", type=_positive_int, default=64, help="images per sampling batch")
+    parser.add_argument("--seed", type=int, default=0, help="image i uses seed SEED + i, at every step count")
+    parser.add_argument("--weights", choices=("ema", "raw"), default="ema",
+                        help="EMA (what papers report) or raw training weights")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                        help="where sampling and Inception run (auto: CUDA when available)")
+    parser.add_argument("--keep-samples", default=None, metavar="DIR",
+                        help="also write the samples as PNGs named by seed; a sweep writes DIR/<sampler>-<steps>/")
+    parser.set_defaults(func=run)
+
+
+def _summary(record: dict) -> str:
+    """One line: what was evaluated, then the metrics (``n/a`` for those a features-less reference rules out)."""
+
+    def show(key: str, fmt: str) -> str:
+        return "n/a" if record[key] is None else format(record[key], fmt)
+
+    return (f"step {record['step']} {record['weights']} | {record['sampler']} {record['steps']} steps | "
+            f"{record['num_samples']} samples vs {record['reference']} | FID {record['fid']:.4f} | "
+            f"KID {show('kid', '.6f')} ± {show('kid_std', '.6f')} | precision {show('precision', '.4f')} | "
+            f"recall {show('recall', '.4f')} | {record['wall_sec']:.1f} s")
+
+
+def run(args: argparse.Namespace) -> int:
+    from ddpm.checkpoint import load_model
+    from ddpm.distributed import resolve_device
+    from ddpm.errors import ConfigError
+    from ddpm.evaluate import FID_PLOT, MIN_SAMPLES, append_record, check_steps, evaluate, plot_fid_vs_nfe
+    from ddpm.metrics import load_source, source_kind
+
+    if args.num_samples < MIN_SAMPLES:
+        raise ConfigError(f"--num-samples must be at least {MIN_SAMPLES} (precision/recall use the 3rd nearest "
+                          f"neighbour), got {args.num_samples}")
+    # Every check that can fail comes before the reference statistics, which take hours on a CPU the first time.
+    kind = source_kind(args.reference)
+    device = resolve_device(args.device)
+    loaded = load_model(args.checkpoint, device, args.weights)
+    check_steps(loaded.diffusion, args.sampler, args.sampling_steps)
+    run_dir = loaded.source.parent
+    print(f"{loaded.source} (step {loaded.step}, {loaded.weights} weights); results go to {run_dir}",
+          file=sys.stderr)
+
+    reference = load_source(args.reference, data_dir=args.data_dir, device=args.device)
+    reference_name = args.reference if kind == "reference" else str(Path(args.reference).resolve())
+    sweep = len(args.sampling_steps) > 1
+    records = []
+    for steps in args.sampling_steps:
+        keep = None
+        if args.keep_samples:
+            keep = Path(args.keep_samples) / f"{args.sampler}-{steps}" if sweep else Path(args.keep_samples)
+        result = evaluate(loaded.model, loaded.diffusion, reference, args.num_samples, args.sampler, steps, args.seed,
+                          args.batch_size, device, keep)
+        record = {"checkpoint": str(loaded.source.resolve()), "step": loaded.step, "weights": loaded.weights,
+                  **result, "reference": reference_name, "reference_images": reference.num_images,
+                  "time": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+        append_record(run_dir, record)
+        records.append(record)
+        print(_summary(record), flush=True)
+    if sweep:
+        title = f"{args.sampler}, {args.num_samples} samples, step {loaded.step} ({loaded.weights})"
+        print(f"wrote {plot_fid_vs_nfe(records, run_dir / FID_PLOT, title)}")
+    return 0

@@ -1,0 +1,137 @@
+"""Sample quality of a model in one call: draw N images, take their Inception features on the fly, score them.
+
+:func:`evaluate` is what ``ddpm eval`` runs for each number of sampling steps, and what a training loop can call
+for FID during training: it holds no file, no argument parsing and no output of its own. Images are never
+written unless asked (``keep_dir``): each batch goes from the sampler straight to the Inception network, so
+50,000 samples cost 400 MB of features, not a folder of PNGs. Image i uses seed ``seed + i`` (see
+:mod:`ddpm.generate`), so two evaluations with the same seed differ only in what they are meant to compare.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from ddpm.diffusion import GaussianDiffusion
+from ddpm.errors import ConfigError
+from ddpm.generate import generate, image_path, save_png
+from ddpm.metrics import FeatureStats, frechet_distance, inception_features, kernel_inception_distance, precision_recall
+
+EVAL_LOG = "eval.jsonl"
+FID_PLOT = "fid_vs_nfe.png"
+# Precision/recall find each image's 3rd nearest neighbour within its own set, so each set needs 4 images.
+MIN_SAMPLES = 4
+
+
+def sample_features(model: torch.nn.Module, diffusion: GaussianDiffusion, num_samples: int, sampler: str,
+                    steps: int, seed: int = 0, batch_size: int = 64, device: torch.device | None = None,
+                    keep_dir: str | Path | None = None, progress: bool = True) -> np.ndarray:
+    """Inception pool3 features (N, 2048) of ``num_samples`` images drawn with seeds ``seed .. seed + N - 1``.
+
+    Each batch is scored as soon as it is sampled; with ``keep_dir`` it is also written there as PNGs named by
+    seed, the layout of ``ddpm sample --output-dir``, to look at or to feed to ``ddpm fid``.
+    """
+    device = device or next(model.parameters()).device
+    features = np.empty((num_samples, 2048), dtype=np.float64)
+    folder = Path(keep_dir) if keep_dir is not None else None
+    if folder is not None:
+        folder.mkdir(parents=True, exist_ok=True)
+
+    def on_batch(seeds: list[int], images: torch.Tensor) -> None:
+        first = seeds[0] - seed
+        features[first:first + len(seeds)] = inception_features(images.permute(0, 3, 1, 2), device=device.type,
+                                                                progress=False)
+        if folder is not None:
+            for s, image in zip(seeds, images.numpy()):
+                save_png(image, image_path(folder, s))
+
+    generate(model, diffusion, range(seed, seed + num_samples), batch_size, on_batch, sampler, steps,
+             device=device, progress=progress)
+    return features
+
+
+def score(features: np.ndarray, reference: FeatureStats, seed: int = 0,
+          device: str = "auto") -> dict[str, float | None]:
+    """FID, KID (mean and std over subsets) and precision/recall of sample ``features`` against ``reference``.
+
+    KID and precision/recall need the reference's features and are None for statistics without them. Precision/
+    recall compare the samples with a random subset (drawn with ``seed``) of as many reference images, as
+    Kynkaanniemi et al. compare equally large sets: the k-NN radii shrink as a set grows, so a 50,000-image
+    reference would bias a 10,000-sample precision down (and cost 50,000^2 distances). With 50,000 samples
+    against CIFAR-10 train the subset is the whole set.
+    """
+    stats = FeatureStats.from_features(features)
+    result: dict[str, float | None] = {"fid": frechet_distance(stats.mu, stats.sigma, reference.mu, reference.sigma),
+                                       "kid": None, "kid_std": None, "precision": None, "recall": None}
+    if reference.features is not None:
+        result["kid"], result["kid_std"] = kernel_inception_distance(features, reference.features, seed=seed)
+        real = reference.features
+        if len(real) > len(features):
+            real = real[np.random.default_rng(seed).choice(len(real), len(features), replace=False)]
+        result["precision"], result["recall"] = precision_recall(real=real, fake=features, device=device)
+    return result
+
+
+def evaluate(model: torch.nn.Module, diffusion: GaussianDiffusion, reference: FeatureStats, num_samples: int,
+             sampler: str, steps: int, seed: int = 0, batch_size: int = 64, device: torch.device | None = None,
+             keep_dir: str | Path | None = None, progress: bool = True) -> dict[str, Any]:
+    """Sample ``num_samples`` images with ``sampler`` in ``steps`` steps and score them against ``reference``.
+
+    ``reference`` comes from :func:`ddpm.metrics.load_source` (built-in CIFAR-10 statistics are cached after the
+    first use). Returns ``fid``, ``kid``, ``kid_std``, ``precision``, ``recall`` (see :func:`score`) with
+    ``sampler``, ``steps`` (= network evaluations per image for these samplers), ``num_samples``, ``seed`` and
+    ``wall_sec`` (sampling, features and metrics), ready to be logged as one JSON line.
+    """
+    if num_samples < MIN_SAMPLES:
+        raise ConfigError(f"evaluation needs at least {MIN_SAMPLES} samples (precision/recall use the 3rd nearest "
+                          f"neighbour), got {num_samples}")
+    device = device or next(model.parameters()).device
+    start = time.perf_counter()
+    features = sample_features(model, diffusion, num_samples, sampler, steps, seed, batch_size, device, keep_dir,
+                               progress)
+    metrics = score(features, reference, seed, device.type)
+    return {"sampler": sampler, "steps": steps, "num_samples": num_samples, "seed": seed, **metrics,
+            "wall_sec": time.perf_counter() - start}
+
+
+def check_steps(diffusion: GaussianDiffusion, sampler: str, steps: Sequence[int]) -> None:
+    """Raise the samplers' own ConfigError for an invalid sampler or step count before any real work.
+
+    Each setting is run once on a single zero pixel with a network that predicts zero noise: the same
+    validation as a real run, in milliseconds, instead of failing after minutes of sampling.
+    """
+    for k in steps:
+        diffusion.sample(lambda x, t: torch.zeros_like(x), (1, 1, 1, 1), sampler, k, device="cpu",
+                         generator=torch.Generator(), x_T=torch.zeros(1, 1, 1, 1))  # leaves the global RNG alone
+
+
+def append_record(run_dir: str | Path, record: dict[str, Any]) -> Path:
+    """Append ``record`` as one JSON line to the run directory's ``eval.jsonl``; returns the file's path."""
+    path = Path(run_dir) / EVAL_LOG
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+    return path
+
+
+def plot_fid_vs_nfe(records: Sequence[dict[str, Any]], path: str | Path, title: str) -> Path:
+    """FID against network evaluations per image (log scale), one point per record, saved as a PNG."""
+    from matplotlib.figure import Figure  # no pyplot: no GUI backend, nothing global
+
+    points = sorted((r["steps"], r["fid"]) for r in records)
+    figure = Figure(figsize=(5, 3.5), layout="constrained")
+    axes = figure.add_subplot()
+    axes.plot(*zip(*points), marker="o")
+    for nfe, fid in points:
+        axes.annotate(f"{fid:.2f}", (nfe, fid), textcoords="offset points", xytext=(0, 6), ha="center", fontsize=8)
+    axes.set(xscale="log", xlabel="NFE (network evaluations per image)", ylabel="FID", title=title)
+    axes.minorticks_off()
+    axes.set_xticks([nfe for nfe, _ in points], [str(nfe) for nfe, _ in points])
+    axes.margins(y=0.15)  # room for the labels above the points
+    axes.grid(alpha=0.3)
+    figure.savefig(path, dpi=120)
+    return Path(path)
