@@ -18,6 +18,7 @@ COMMANDS = {
     "sample": "sample",
     "export": "export",
     "fid": "fid",
+    "eval": "eval",
 }
 LEGACY_FLAGS = {"--train": "train", "--sample": "sample"}
 
