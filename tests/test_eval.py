@@ -1,0 +1,115 @@
+"""``ddpm eval`` through the real CLI on a tiny checkpoint: summary line, eval.jsonl, kept samples, sweeps, errors.
+
+One checkpoint, trained for 4 steps, and one cached cifar10-test reference (the fixture's 8 test images) serve
+every test. Inception runs on the CPU (~4 images/s) and each FID takes a 2048x2048 matrix square root (~20 s on
+two cores), so only the single-point test computes a real FID; the sweep test swaps in the mean term of FID to
+check the bookkeeping of several points in seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import TINY, write_cifar10
+from ddpm.cli import main
+
+EVAL = ["--sampler", "ddim", "--reference", "cifar10-test", "--device", "cpu"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    """A folder with ``cifar/`` (CIFAR-10 pickles) and ``run/``, a tiny run trained on them (T = 100)."""
+    root = tmp_path_factory.mktemp("eval")
+    write_cifar10(root / "cifar")
+    assert main([str(a) for a in ["train", *TINY, "--data-dir", root / "cifar", "--save-model", root / "run"]]) == 0
+    return root
+
+
+@pytest.fixture
+def run(trained: Path, tmp_path: Path, monkeypatch) -> Path:
+    """This test's own copy of the run directory (so eval.jsonl starts empty), with the module's statistics cache."""
+    monkeypatch.setenv("DDPM_CACHE_DIR", str(trained / "cache"))
+    shutil.copytree(trained / "run", tmp_path / "run")
+    return tmp_path / "run"
+
+
+def _records(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "eval.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.filterwarnings("ignore:Matrix is singular")  # 8 images: a rank-7 covariance
+def test_eval_prints_a_summary_logs_a_json_line_and_keeps_the_samples(cli, run: Path, trained: Path, tmp_path: Path):
+    code, out, err = cli("eval", run, "--num-samples", 8, "--sampling-steps", 3, "--batch-size", 5, *EVAL,
+                         "--data-dir", trained / "cifar", "--keep-samples", tmp_path / "kept")
+    assert code == 0, err
+    [record] = _records(run)
+    assert Path(record["checkpoint"]) == (run / "ckpt-00000004.pt").resolve()
+    assert (record["step"], record["weights"], record["sampler"], record["steps"]) == (4, "ema", "ddim", 3)
+    assert (record["num_samples"], record["seed"], record["reference"], record["reference_images"]) == \
+        (8, 0, "cifar10-test", 8)
+    assert math.isfinite(record["fid"]) and record["fid"] >= 0
+    assert math.isfinite(record["kid"]) and record["kid_std"] >= 0
+    assert 0 <= record["precision"] <= 1 and 0 <= record["recall"] <= 1 and record["wall_sec"] > 0
+
+    [line] = out.splitlines()
+    parts = line.split(" | ")
+    assert parts[:3] == ["step 4 ema", "ddim 3 steps", "8 samples vs cifar10-test"]
+    assert parts[3] == f"FID {record['fid']:.4f}" and parts[4].startswith(f"KID {record['kid']:.6f} ± ")
+    assert parts[5:7] == [f"precision {record['precision']:.4f}", f"recall {record['recall']:.4f}"]
+    assert not (run / "fid_vs_nfe.png").exists()  # one point: nothing to plot
+
+    # The kept samples are the images `ddpm sample` draws from the same seeds, whatever the batch size.
+    code, _, err = cli("sample", "--load-model", run, "--num-samples", 8, "--sampler", "ddim", "--sampling-steps", 3,
+                       "--output-dir", tmp_path / "sampled", "--device", "cpu")
+    assert code == 0, err
+    for i in range(8):
+        kept, sampled = (np.asarray(Image.open(tmp_path / d / f"{i:06d}.png"), dtype=int) for d in ("kept", "sampled"))
+        assert np.abs(kept - sampled).max() <= 1  # batch size may change the last bit of a convolution
+
+
+def test_sweep_logs_one_line_per_step_count_and_plots_fid_against_nfe(cli, run: Path, trained: Path, monkeypatch):
+    monkeypatch.setattr("ddpm.evaluate.frechet_distance",
+                        lambda mu1, sigma1, mu2, sigma2: float(((mu1 - mu2) ** 2).sum()))
+    code, out, err = cli("eval", run, "--num-samples", 4, "--sampling-steps", "2,1", *EVAL,
+                         "--data-dir", trained / "cifar")
+    assert code == 0, err
+    records = _records(run)
+    assert [(r["steps"], r["num_samples"], r["step"]) for r in records] == [(2, 4, 4), (1, 4, 4)]
+    assert records[0]["fid"] != records[1]["fid"] and all(r["fid"] > 0 for r in records)
+    assert all(0 <= r["precision"] <= 1 for r in records)  # against a random 4 of the 8 reference images
+    lines = out.splitlines()
+    assert [line.split(" | ")[1] for line in lines[:2]] == ["ddim 2 steps", "ddim 1 steps"]
+    assert lines[2] == f"wrote {run / 'fid_vs_nfe.png'}"
+    with Image.open(run / "fid_vs_nfe.png") as plot:
+        assert plot.format == "PNG" and plot.width > 300
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--sampling-steps", "101"], "sampling steps must be between 1 and T = 100, got 101"),
+    (["--sampling-steps", "10,99,100", "--sampler", "dpm++2m"], "between 1 and T - 1 = 99, got 100"),
+    (["--sampling-steps", "10", "--num-samples", "3"], "--num-samples must be at least 4"),
+    (["--sampling-steps", "10", "--reference", "{root}/missing"], "missing does not exist"),
+])
+def test_errors_are_one_line_and_come_before_any_sampling(cli, run: Path, trained: Path, tmp_path: Path, monkeypatch,
+                                                          args: list[str], message: str):
+    """An empty --data-dir and cache: had the reference been computed first, the error would be about CIFAR-10."""
+    monkeypatch.setenv("DDPM_CACHE_DIR", str(tmp_path / "no-cache"))
+    (trained / "empty").mkdir(exist_ok=True)
+    args = [a.format(root=trained) for a in args]
+    code, out, err = cli("eval", run, *EVAL, *args, "--data-dir", trained / "empty")
+    assert code == 2 and out == ""
+    assert message in err and err.count("\n") == 1, err
+    assert not (run / "eval.jsonl").exists()
+
+
+def test_a_repeated_step_count_is_refused_by_the_parser(cli, run: Path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli("eval", run, "--sampling-steps", "10,20,10")
+    assert exit_info.value.code == 2 and "repeats a step count" in capsys.readouterr().err
