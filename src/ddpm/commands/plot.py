@@ -1,0 +1,49 @@
+"""``ddpm plot RUN``: the training curves of a run from its ``metrics.jsonl``, for those without TensorBoard.
+
+Plots the loss (as logged, the mean over each --logging-steps window, and smoothed), the learning rate and the
+gradient norm against the step, and prints a one-line summary.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def register(subparsers) -> None:
+    from ddpm.cli import HelpFormatter
+
+    parser = subparsers.add_parser("plot", help="plot the loss and learning rate of a run (metrics.jsonl)",
+                                   description=__doc__, formatter_class=HelpFormatter)
+    parser.add_argument("run", metavar="RUN", help="run directory of `ddpm train` (its --save-model) or a metrics.jsonl")
+    parser.add_argument("--output", default=None, metavar="FILE.png",
+                        help="PNG to write; None: training_curves.png in the run directory")
+    parser.add_argument("--smoothing", type=float, default=0.6,
+                        help="weight of the exponential moving average drawn over the loss, in [0, 1) (0: none), "
+                             "as TensorBoard's smoothing slider")
+    parser.add_argument("--dpi", type=int, default=100, help="pixels per inch of the PNG")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ddpm.errors import ConfigError
+    from ddpm.visualize import metrics_figure, read_metrics, save_figure
+
+    if not 0 <= args.smoothing < 1:
+        raise ConfigError(f"--smoothing must be in [0, 1), got {args.smoothing}")
+    if args.dpi <= 0:
+        raise ConfigError(f"--dpi must be positive, got {args.dpi}")
+    records = read_metrics(args.run)
+    source = Path(args.run)
+    run_dir = source if source.is_dir() else source.parent
+    output = Path(args.output) if args.output else run_dir / "training_curves.png"
+    if not output.parent.exists():
+        raise ConfigError(f"cannot write {output}: folder {output.parent} does not exist")
+    first, last = records[0], records[-1]
+    best = min(records, key=lambda r: r["loss"])
+    title = f"{run_dir.name or run_dir.resolve().name}: {len(records)} logged points, steps {first['step']}-{last['step']}"
+    width, height = save_figure(metrics_figure(records, title, args.smoothing), output, args.dpi)
+    print(f"{len(records)} records, steps {first['step']}..{last['step']}: loss {first['loss']:.4f} -> "
+          f"{last['loss']:.4f} (lowest {best['loss']:.4f} at step {best['step']}), lr {last['lr']:.3g}")
+    print(f"wrote {output} ({width}x{height})")
+    return 0

@@ -1,0 +1,214 @@
+"""``ddpm visualize``: figures that show what a DDPM does (PNG, and a GIF for the reverse process).
+
+  forward        real images noised by q(x_t | x_0) for the linear and cosine schedules, with alpha-bar_t and SNR(t)
+  trajectory     the reverse process of a checkpoint: x_t and the predicted x_0 every k steps, as a strip and a GIF
+  loss-vs-t      a checkpoint's loss per timestep bucket on held-out images: where the model struggles
+  architecture   a diagram of the UNet of a preset or checkpoint, drawn by walking the network itself
+
+See docs/guide.md for each figure next to the equation it illustrates.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+EXAMPLES = """examples:
+  ddpm visualize forward --data-dir cifar10-jpeg.tar.gz --num-images 4 --output forward.png
+  ddpm visualize trajectory runs/tiny --sampler ddim --sampling-steps 20 --every 2
+  ddpm visualize loss-vs-t runs/tiny --data-dir ./data --num-images 512
+  ddpm visualize architecture ho2020 --output ho2020.png"""
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
+def register(subparsers) -> None:
+    from ddpm.cli import HelpFormatter
+    from ddpm.config import PRESETS, DiffusionConfig
+    from ddpm.samplers import SAMPLERS
+
+    parser = subparsers.add_parser("visualize", help="figures of the forward and reverse process, loss and network",
+                                   description=__doc__, epilog=EXAMPLES, formatter_class=HelpFormatter)
+    figures = parser.add_subparsers(dest="figure", metavar="FIGURE", required=True)
+
+    def add(name: str, help: str, default_output: str) -> argparse.ArgumentParser:
+        sub = figures.add_parser(name, help=help, description=help, formatter_class=HelpFormatter)
+        sub.add_argument("--output", default=default_output, metavar="FILE.png", help="PNG file to write")
+        sub.add_argument("--dpi", type=_positive_int, default=100, help="pixels per inch of the PNG")
+        return sub
+
+    diffusion = DiffusionConfig()
+    forward = add("forward", "real images noised by q(x_t | x_0) for the linear and cosine schedules, with the "
+                  "curves of alpha-bar_t and SNR(t)", "forward.png")
+    forward.add_argument("--data-dir", default=None, metavar="PATH",
+                         help="images: a folder, a .zip/.tar(.gz) of images, or CIFAR-10 pickles; None: CIFAR-10 in "
+                              "./data (downloaded if absent)")
+    forward.add_argument("--num-images", type=_positive_int, default=4, metavar="N",
+                         help="images shown, spread evenly over the source in sorted order; only these are decoded")
+    forward.add_argument("--resolution", type=_positive_int, default=32, help="images are resized to this side")
+    forward.add_argument("--time-steps", type=_positive_int, default=diffusion.timesteps,
+                         help="T; the columns t = 0 100 250 500 750 999 are scaled to T")
+    forward.add_argument("--beta-start", type=float, default=diffusion.beta_start, help="beta_1 of the linear schedule")
+    forward.add_argument("--beta-end", type=float, default=diffusion.beta_end, help="beta_T of the linear schedule")
+    forward.add_argument("--seed", type=int, default=0, help="seed of the noise eps, the same in every panel")
+
+    def add_checkpoint(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument("checkpoint", metavar="CHECKPOINT",
+                         help="run directory (its newest checkpoint), checkpoint .pt or exported .safetensors")
+        sub.add_argument("--weights", choices=("ema", "raw"), default="ema", help="EMA or raw training weights")
+        sub.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                         help="device (auto: CUDA when available)")
+
+    trajectory = add("trajectory", "the reverse process of a checkpoint: x_t and the predicted x_0 every k steps, "
+                     "as a strip PNG and an animated GIF", "trajectory.png")
+    add_checkpoint(trajectory)
+    trajectory.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3],
+                            help="one image per seed, the image `ddpm sample --seed` draws for it")
+    trajectory.add_argument("--sampler", choices=SAMPLERS, default="ddpm",
+                            help="ddpm: ancestral (Ho et al.); ddim: Song et al.; dpm++2m: DPM-Solver++(2M)")
+    trajectory.add_argument("--sampling-steps", type=_positive_int, default=None,
+                            help="network evaluations; None: all T for ddpm, 50 for ddim and dpm++2m")
+    trajectory.add_argument("--eta", type=float, default=0.0, help="DDIM stochasticity (0: deterministic)")
+    trajectory.add_argument("--every", type=_positive_int, default=None, metavar="K",
+                            help="a strip column every K steps (and the last); None: about 10 columns")
+    trajectory.add_argument("--gif", default=None, metavar="FILE.gif",
+                            help="animated GIF to write; None: --output with the suffix .gif")
+    trajectory.add_argument("--gif-frames", type=_positive_int, default=50, help="about this many GIF frames")
+    trajectory.add_argument("--scale", type=_positive_int, default=3, help="GIF upscaling (nearest neighbour)")
+    trajectory.add_argument("--frame-ms", type=_positive_int, default=80, help="GIF frame duration")
+    trajectory.add_argument("--no-clip", action="store_true", help="do not clip the predicted x0 to [-1, 1]")
+
+    loss = add("loss-vs-t", "a checkpoint's training loss per timestep bucket on held-out images, printed and "
+               "plotted", "loss_vs_t.png")
+    add_checkpoint(loss)
+    loss.add_argument("--data-dir", default=None, metavar="PATH",
+                      help="held-out images: CIFAR-10 pickles (see --split), a folder or a .zip/.tar(.gz) of images; "
+                           "None: CIFAR-10 in ./data (downloaded if absent)")
+    loss.add_argument("--split", choices=("test", "train"), default="test",
+                      help="CIFAR-10 split; for a folder or archive, only files below a folder of this name when "
+                           "there are any (e.g. test/ of the CIFAR-10 JPEG archive), else all files")
+    loss.add_argument("--num-images", type=_positive_int, default=512, metavar="N",
+                      help="images evaluated, spread evenly over the source")
+    loss.add_argument("--buckets", type=_positive_int, default=10, help="equal-width timestep buckets")
+    loss.add_argument("--batch-size", type=_positive_int, default=128, help="images per forward pass")
+    loss.add_argument("--seed", type=int, default=0, help="seed of t and eps, so checkpoints compare on the same draws")
+
+    architecture = add("architecture", "a diagram of the UNet (levels, channels, resolutions, attention, skips), "
+                       "drawn by walking the network built from a preset or checkpoint", "architecture.png")
+    architecture.add_argument("source", metavar="SOURCE", nargs="?", default="seed",
+                              help=f"a preset ({', '.join(PRESETS)}) or a run directory, checkpoint .pt or "
+                                   ".safetensors")
+    parser.set_defaults(func=run)
+
+
+def _check_output(*paths: str | Path) -> None:
+    from ddpm.errors import ConfigError
+
+    for path in paths:
+        if not Path(path).parent.exists():
+            raise ConfigError(f"cannot write {path}: folder {Path(path).parent} does not exist")
+
+
+def _device(choice: str):
+    import torch
+
+    from ddpm.errors import ConfigError
+
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda: no CUDA device is available; use --device cpu")
+    return torch.device("cuda" if choice != "cpu" and torch.cuda.is_available() else "cpu")
+
+
+def run_forward(args: argparse.Namespace) -> int:
+    from ddpm.visualize import forward_figure, load_images, save_figure, scaled_timesteps
+
+    _check_output(args.output)
+    images, description = load_images(args.data_dir, args.num_images, args.resolution)
+    fig = forward_figure(images, args.time_steps, args.beta_start, args.beta_end, args.seed)
+    width, height = save_figure(fig, args.output, args.dpi)
+    ts = " ".join(map(str, scaled_timesteps(args.time_steps)))
+    print(f"{description}: t = {ts} of T = {args.time_steps}; wrote {args.output} ({width}x{height})")
+    return 0
+
+
+def run_trajectory(args: argparse.Namespace) -> int:
+    from ddpm.checkpoint import load_model
+    from ddpm.errors import ConfigError
+    from ddpm.visualize import (
+        every_k, number_of_steps, record_trajectory, save_figure, trajectory_figure, trajectory_gif,
+    )
+
+    gif = args.gif or str(Path(args.output).with_suffix(".gif"))
+    _check_output(args.output, gif)
+    if args.eta < 0:
+        raise ConfigError(f"--eta must be >= 0, got {args.eta}")
+    device = _device(args.device)
+    loaded = load_model(args.checkpoint, device, args.weights)
+    total = number_of_steps(loaded.diffusion, args.sampler, args.sampling_steps)
+    strip = every_k(total, args.every or max(1, round(total / 10)))
+    frames = every_k(total, max(1, round(total / args.gif_frames)))
+    c = loaded.config.model
+    record = record_trajectory(loaded.model, loaded.diffusion, args.seeds, (c.in_channels, c.resolution, c.resolution),
+                               strip | frames, args.sampler, args.sampling_steps, args.eta, not args.no_clip, device)
+    width, height = save_figure(trajectory_figure(record, strip), args.output, args.dpi)
+    gif_width, gif_height = trajectory_gif(record, gif, args.scale, args.frame_ms)
+    print(f"{loaded.source} (step {loaded.step}, {loaded.weights} weights), {args.sampler}, {total} steps, "
+          f"seeds {' '.join(map(str, args.seeds))}: wrote {args.output} ({width}x{height}, {len(strip)} columns) "
+          f"and {gif} ({gif_width}x{gif_height}, {len(record.steps)} frames)")
+    return 0
+
+
+def run_loss_vs_t(args: argparse.Namespace) -> int:
+    from ddpm.checkpoint import load_model
+    from ddpm.visualize import load_images, loss_figure, loss_per_timestep, save_figure, uniform_t_loss
+
+    _check_output(args.output)
+    device = _device(args.device)
+    loaded = load_model(args.checkpoint, device, args.weights)
+    images, description = load_images(args.data_dir, args.num_images, loaded.config.model.resolution, args.split)
+    rows = loss_per_timestep(loaded.model, loaded.diffusion, images, args.buckets, args.batch_size, args.seed, device)
+    print(f"{loaded.source} (step {loaded.step}, {loaded.weights} weights) on {len(images)} images, {description}")
+    print(f"{'t from':>7} {'to':>6} {'loss':>10} {'± s.e.':>9}")
+    for r in rows:
+        print(f"{r.start:>7} {r.stop - 1:>6} {r.mean:>10.5f} {r.stderr:>9.5f}")
+    mean = uniform_t_loss(rows)
+    print(f"mean over t ~ U{{0..{loaded.diffusion.timesteps - 1}}}: {mean:.5f}")
+    title = f"Loss per timestep: {loaded.source.name} (step {loaded.step}), {len(images)} held-out images"
+    width, height = save_figure(loss_figure(rows, title), args.output, args.dpi)
+    print(f"wrote {args.output} ({width}x{height})")
+    return 0
+
+
+def run_architecture(args: argparse.Namespace) -> int:
+    from ddpm.checkpoint import load_model
+    from ddpm.config import PRESETS, make_config
+    from ddpm.unet import UNet, count_parameters
+    from ddpm.visualize import architecture_figure, save_figure
+
+    _check_output(args.output)
+    if args.source in PRESETS and not Path(args.source).exists():
+        config = make_config(args.source)
+        model, name = UNet(config.model), f"preset {args.source}"
+    else:
+        loaded = load_model(args.source, "cpu")
+        config, model, name = loaded.config, loaded.model, f"{loaded.source} (preset {loaded.config.preset})"
+    m = config.model
+    title = (f"UNet of {name}: {count_parameters(model) / 1e6:.2f}M parameters, nf={m.nf}, "
+             f"ch_mult={list(m.ch_mult)}, {m.num_res_blocks} res blocks per level, skip={m.skip}, "
+             f"attention at {', '.join(f'{r}×{r}' for r in m.attn_resolutions)} and in the middle")
+    width, height = save_figure(architecture_figure(model, title), args.output, args.dpi)
+    print(f"{title}\nwrote {args.output} ({width}x{height})")
+    return 0
+
+
+FIGURES = {"forward": run_forward, "trajectory": run_trajectory, "loss-vs-t": run_loss_vs_t,
+           "architecture": run_architecture}
+
+
+def run(args: argparse.Namespace) -> int:
+    return FIGURES[args.figure](args)
