@@ -19,6 +19,8 @@ COMMANDS = {
     "export": "export",
     "fid": "fid",
     "eval": "eval",
+    "visualize": "visualize",
+    "plot": "plot",
 }
 LEGACY_FLAGS = {"--train": "train", "--sample": "sample"}
 
