@@ -2,13 +2,17 @@
 
 A run directory holds ``ckpt-<step>.pt`` files (model, EMA, optimiser, LR scheduler, grad scaler, step, config),
 a ``latest`` pointer and ``config.json``. Writes are atomic (temp file, fsync, rename), so a crash or a full
-disk leaves the previous checkpoint intact; only the newest ``keep`` are kept. Files are read with
+disk leaves the previous checkpoint intact; only the newest ``keep`` are kept. A checkpoint file therefore only
+ever appears complete, and loading takes the newest by step (``latest`` names it for people and scripts),
+falling back to older ones with a warning when a file was damaged afterwards. Files are read with
 ``torch.load(weights_only=True)`` and the config inside is plain data, so a checkpoint from elsewhere cannot
 execute code. ``export`` writes the EMA weights as safetensors with the config in the file's metadata.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import re
@@ -54,9 +58,11 @@ def atomic_write(path: Path, write) -> None:
         os.replace(tmp, path)
         _fsync_dir(path.parent)
     except BaseException as exc:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # e.g. the folder is missing: there is no temp file to remove
+            tmp.unlink()
         if isinstance(exc, OSError):
-            raise CheckpointError(f"could not write {path}: {exc.strerror or exc}; the previous file is intact") from None
+            raise CheckpointError(f"could not write {path}: {exc.strerror or exc}; any previous version of it is "
+                                  "intact") from None
         raise
 
 
@@ -70,12 +76,20 @@ def list_checkpoints(run_dir: str | Path) -> list[Path]:
 
 
 def save_checkpoint(run_dir: str | Path, step: int, state: dict[str, Any], keep: int) -> Path:
-    """Atomically write ``state`` as the checkpoint of ``step``, point ``latest`` at it, prune to ``keep`` files."""
+    """Atomically write ``state`` as the checkpoint of ``step``, point ``latest`` at it, prune to ``keep`` files.
+
+    Temp files that a killed trainer left behind are removed too.
+    """
     run_dir = Path(run_dir)
     path = run_dir / checkpoint_name(step)
-    atomic_write(path, lambda f: torch.save(state, f))
+    # torch.save reports a failed write (a full disk) as an opaque RuntimeError; writing its bytes ourselves
+    # keeps the OSError, hence a clear message, at the cost of one copy of the checkpoint in host memory.
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    atomic_write(path, lambda f: f.write(buffer.getbuffer()))
     atomic_write(run_dir / LATEST, lambda f: f.write(path.name.encode() + b"\n"))
-    for old in list_checkpoints(run_dir)[:-keep]:
+    stale = [*run_dir.glob(".ckpt-*.pt.tmp-*"), *run_dir.glob(f".{LATEST}.tmp-*")]
+    for old in list_checkpoints(run_dir)[:-keep] + stale:
         old.unlink(missing_ok=True)
     return path
 
@@ -88,28 +102,36 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:
-        raise CheckpointError(f"checkpoint {path} is corrupt or not a ddpm checkpoint ({exc.__class__.__name__}: "
-                              f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
+        reason = _load_failure(exc)
+        if "Unsupported global" in reason:
+            raise CheckpointError(f"refusing to load {path}: it holds Python objects other than tensors and plain "
+                                  f"data, which could run code ({reason})") from None
+        raise CheckpointError(f"checkpoint {path} is truncated, corrupt or not a ddpm checkpoint ({reason})") from None
     if not isinstance(state, dict) or not {"model", "config", "step"} <= set(state):
         raise CheckpointError(f"{path} is not a ddpm checkpoint (it lacks model, config or step)")
     return state
 
 
+def _load_failure(exc: Exception) -> str:
+    """The first sentence of what ``torch.load`` found wrong, without its advice to turn ``weights_only`` off."""
+    text = str(exc).partition("WeightsUnpickler error:")[2] or str(exc)
+    first = next((line.strip() for line in text.splitlines() if line.strip()), exc.__class__.__name__)
+    return first.split(". ")[0].rstrip(".")
+
+
 def load_latest(run_dir: str | Path, map_location: str | torch.device = "cpu") -> tuple[Path, dict] | None:
-    """The newest readable checkpoint of a run (``latest`` first), skipping corrupt ones with a warning."""
-    run_dir = Path(run_dir)
+    """The newest readable checkpoint of a run, skipping damaged ones with a warning; None if there is none.
+
+    Raises CheckpointError when checkpoints exist but none can be read.
+    """
     candidates = list(reversed(list_checkpoints(run_dir)))
-    pointer = run_dir / LATEST
-    if pointer.is_file():
-        named = run_dir / pointer.read_text().strip()
-        if named in candidates:
-            candidates.remove(named)
-            candidates.insert(0, named)
     for path in candidates:
         try:
             return path, load_checkpoint(path, map_location)
         except CheckpointError as exc:
             warnings.warn(f"{exc}; trying the previous checkpoint", stacklevel=2)
+    if candidates:
+        raise CheckpointError(f"no readable checkpoint in {run_dir} (all {len(candidates)} are damaged)")
     return None
 
 
@@ -139,8 +161,10 @@ def _build(config: RunConfig, weights: dict[str, torch.Tensor], source: Path) ->
     try:
         model.load_state_dict(weights)
     except RuntimeError as exc:
+        # The first line only says "Error(s) in loading state_dict"; the next one names a mismatch.
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
         raise CheckpointError(f"weights in {source} do not fit the network its config describes "
-                              f"({str(exc).splitlines()[0]})") from None
+                              f"({lines[min(1, len(lines) - 1)]})") from None
     return model
 
 

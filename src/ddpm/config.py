@@ -212,8 +212,12 @@ def validate(config: RunConfig) -> None:
     for flag, value in non_negative.items():
         if value < 0:
             raise ConfigError(f"{flag} must be >= 0, got {value}")
-    if not all(math.isfinite(v) for v in (d.beta_start, d.beta_end, t.lr, m.dropout, t.ema_decay)):
-        raise ConfigError("--beta-start, --beta-end, --lr, --dropout and --ema-decay must be finite numbers")
+    if m.nf < 4:  # the sinusoidal timestep embedding has nf/2 frequencies spaced over (nf/2 - 1) intervals
+        raise ConfigError(f"--nf must be at least 4 (the timestep embedding needs 2 frequencies), got {m.nf}")
+    floats = (d.beta_start, d.beta_end, t.lr, m.dropout, t.ema_decay, t.grad_clip, t.weight_decay)
+    if not all(math.isfinite(v) for v in floats):
+        raise ConfigError("--beta-start, --beta-end, --lr, --dropout, --ema-decay, --grad-clip and --weight-decay "
+                          "must be finite numbers")
     if not (0 < d.beta_start < d.beta_end < 1):
         raise ConfigError(
             f"need 0 < --beta-start < --beta-end < 1, got {d.beta_start} and {d.beta_end}"

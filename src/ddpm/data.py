@@ -130,14 +130,6 @@ def download_cifar10(root: str | Path, url: str = CIFAR10_URL, md5: str | None =
         raise DataError(f"the CIFAR-10 download from {url} failed its checksum; try again or {DATA_HELP}")
     os.replace(partial, target)
     return target
-    try:
-        download_url(url, str(root), CIFAR10_ARCHIVE, md5)
-    except Exception as exc:
-        raise DataError(f"could not download CIFAR-10 from {url} ({exc.__class__.__name__}: {exc}); {DATA_HELP}") from None
-    if not check_integrity(str(target), md5):
-        target.unlink(missing_ok=True)
-        raise DataError(f"the CIFAR-10 download from {url} failed its checksum; try again or {DATA_HELP}")
-    return target
 
 
 # ---------------------------------------------------------------------------------------- image folders and archives

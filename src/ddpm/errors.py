@@ -17,3 +17,7 @@ class DataError(DDPMError):
 
 class CheckpointError(DDPMError):
     """A checkpoint that is missing, corrupt or incompatible."""
+
+
+class OutputError(DDPMError):
+    """An output file or folder that cannot be written (a missing folder, a file in the way, a full disk)."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import signal
 import sys
 import time
@@ -99,7 +100,12 @@ def resume_config(saved: RunConfig, preset: str | None, overrides: dict[str, dic
 
 
 class _StopSignal:
-    """First SIGINT/SIGTERM asks the loop to save and stop; a second SIGINT exits at once."""
+    """First SIGINT/SIGTERM asks the loop to save and stop; a second SIGINT exits at once, without saving.
+
+    The second one ends the process on the spot rather than raising KeyboardInterrupt: raised at an arbitrary
+    point, that can leave a lock held (TensorBoard's queue, for one) and hang the clean-up forever. Checkpoints
+    are written atomically, so nothing but the steps since the last one is lost.
+    """
 
     def __init__(self):
         self.signum: int | None = None
@@ -113,7 +119,8 @@ class _StopSignal:
 
     def _handle(self, signum, frame):
         if self.signum is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt
+            print("\nreceived SIGINT again: quitting without saving", file=sys.stderr, flush=True)
+            os._exit(128 + signum)
         self.signum = signum
         print(f"\nreceived {signal.Signals(signum).name}: saving a checkpoint at the end of this step "
               "(press Ctrl-C again to quit without saving)", file=sys.stderr, flush=True)
@@ -242,15 +249,18 @@ class Trainer:
                         bad_in_a_row += 1
                         if bad_in_a_row > t.max_bad_steps:
                             last = list_checkpoints(self.run_dir)
+                            # Skipped steps leave the weights alone, so the newest checkpoint holds the last good ones.
                             raise TrainingError(
                                 f"non-finite loss or gradients for {bad_in_a_row} steps in a row at step {self.step}; "
-                                f"the last good checkpoint is {last[-1] if last else 'none'}. Lower --lr, set "
-                                "--grad-clip or run without --amp, then --resume"
+                                f"the last good checkpoint is {last[-1] if last else 'none'}. Start a new run with a "
+                                "lower --lr, a --grad-clip or without --amp (these cannot change on --resume), or "
+                                "--resume with a larger --max-bad-steps if the spike is transient"
                             )
                     bar.update(1)
                     if self.step % t.logging_steps == 0 and main:
                         rate = window_steps * t.batch_size / max(window_time, 1e-9)
-                        self._log_metrics(writer, bar, window_loss / max(window_steps, 1), grad_norm, rate)
+                        mean_loss = window_loss / window_steps if window_steps else float("nan")  # all skipped
+                        self._log_metrics(writer, bar, mean_loss, grad_norm, rate)
                         window_loss, window_steps, window_time = 0.0, 0, 0.0
                     if t.sample_every and self.step % t.sample_every == 0 and main:
                         self._sample_grid(writer)
@@ -313,8 +323,6 @@ def prepare_run(preset: str | None, overrides: dict[str, dict[str, Any]], resume
         return fresh, None
     found = load_latest(run_dir)
     if found is None:
-        if existing:
-            raise ConfigError(f"no readable checkpoint in {run_dir} (all {len(existing)} are corrupt)")
         log(f"--resume: no checkpoint in {run_dir} yet, starting a new run")
         return fresh, None
     path, state = found

@@ -41,23 +41,42 @@ def register(subparsers) -> None:
     parser.set_defaults(func=run)
 
 
+def _check_outputs(args: argparse.Namespace) -> None:
+    """Refuse outputs that cannot be written before minutes of sampling, not after; create --output-dir."""
+    from PIL import Image
+
+    from ddpm.errors import OutputError
+
+    for flag, name in (("--output", args.output), ("--npz", args.npz)):
+        if name is None:
+            continue
+        path = Path(name)
+        if not path.parent.is_dir():
+            raise OutputError(f"cannot write {flag} {path}: {path.parent} is not an existing folder")
+        if path.is_dir():
+            raise OutputError(f"cannot write {flag} {path}: it is a folder, give a file name")
+    if args.output and Path(args.output).suffix.lower() not in Image.registered_extensions():
+        raise OutputError(f"--output {args.output}: the file name must end in an image type such as .png")
+    if args.output_dir:
+        try:
+            Path(args.output_dir).mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise OutputError(f"cannot create --output-dir {args.output_dir}: {exc.strerror}") from None
+
+
 def run(args: argparse.Namespace) -> int:
     from torchvision.utils import save_image
 
     from ddpm.checkpoint import load_model
     from ddpm.distributed import barrier, cleanup, init_distributed
-    from ddpm.errors import ConfigError
+    from ddpm.errors import ConfigError, OutputError
     from ddpm.generate import generate, grid_columns, image_path, save_png
 
     if args.num_samples <= 0 or args.batch_size <= 0:
         raise ConfigError("--num-samples and --batch-size must be positive")
-    outputs = [Path(p) for p in (args.output, args.npz) if p]
     if args.output is None and args.output_dir is None and args.npz is None:
         args.output = "samples.png"
-        outputs.append(Path(args.output))
-    for path in outputs:
-        if not path.parent.exists():
-            raise ConfigError(f"cannot write {path}: folder {path.parent} does not exist")
+    _check_outputs(args)
     dist = init_distributed(args.device)
     try:
         if dist.enabled and args.output_dir is None:
@@ -65,8 +84,6 @@ def run(args: argparse.Namespace) -> int:
         loaded = load_model(args.load_model, dist.device, args.weights)
         seeds = [args.seed + i for i in range(args.num_samples)]
         folder = Path(args.output_dir) if args.output_dir else None
-        if folder is not None:
-            folder.mkdir(parents=True, exist_ok=True)
         todo = [s for s in seeds if folder is None or not image_path(folder, s).exists()][dist.rank::dist.world_size]
         if dist.is_main:
             print(f"{loaded.source} (step {loaded.step}, {loaded.weights} weights): {len(seeds)} images, "
@@ -98,5 +115,7 @@ def run(args: argparse.Namespace) -> int:
         written = ", ".join(str(p) for p in (args.output, args.output_dir, args.npz) if p)
         print(f"wrote {len(seeds)} images to {written} ({rate:.2f} img/s)")
         return 0
+    except OSError as exc:  # e.g. a full disk while writing the images
+        raise OutputError(f"{exc.filename or 'writing the samples'}: {exc.strerror or exc}") from None
     finally:
         cleanup(dist)

@@ -33,13 +33,15 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ddpm.train import prepare_run, train
-
     overrides = overrides_from_args(args)
+    preset = getattr(args, "preset", None)
+    # Validated before importing the training modules (torchvision takes seconds), so a bad flag fails at once.
+    config = make_config(preset or "seed", overrides)
     if args.dry_run:
-        config = make_config(getattr(args, "preset", None) or "seed", overrides)
         print(json.dumps(config.to_dict(), indent=2))
         print(f"parameters: {count_parameters(UNet(config.model))}")
         return 0
-    config, state = prepare_run(getattr(args, "preset", None), overrides, args.resume)
+    from ddpm.train import prepare_run, train
+
+    config, state = prepare_run(preset, overrides, args.resume)
     return train(config, state)
