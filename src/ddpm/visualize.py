@@ -143,8 +143,8 @@ def _read_archive(path: Path, num_images: int | None, resolution: int, split: st
 
 # ------------------------------------------------------------------------------------------------ forward process
 def scaled_timesteps(timesteps: int, at_1000: Sequence[int] = FORWARD_TIMESTEPS) -> list[int]:
-    """Timesteps given for T = 1000 mapped to the same fraction of the process for ``timesteps`` = T."""
-    return sorted({round(t * (timesteps - 1) / 999) for t in at_1000})
+    """Timesteps given for T = 1000 mapped to the same fraction t/1000 of a process of ``timesteps`` = T steps."""
+    return sorted({min(round(t * timesteps / 1000), timesteps - 1) for t in at_1000})
 
 
 def snr(diffusion: GaussianDiffusion) -> torch.Tensor:
