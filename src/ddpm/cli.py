@@ -19,6 +19,7 @@ COMMANDS = {
     "export": "export",
     "fid": "fid",
     "eval": "eval",
+    "bench": "bench",
     "visualize": "visualize",
     "plot": "plot",
 }
