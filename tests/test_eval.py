@@ -113,3 +113,33 @@ def test_a_repeated_step_count_is_refused_by_the_parser(cli, run: Path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         cli("eval", run, "--sampling-steps", "10,20,10")
     assert exit_info.value.code == 2 and "repeats a step count" in capsys.readouterr().err
+
+
+@pytest.mark.filterwarnings("ignore:Matrix is singular")
+def test_fid_every_logs_the_numbers_ddpm_eval_computes_for_the_same_checkpoint(cli, tmp_path: Path, monkeypatch):
+    """--fid-every scores the EMA weights in training exactly as `ddpm eval` scores the checkpoint afterwards, and
+    logs them to eval.jsonl, metrics.jsonl (merged with the loss by `ddpm plot`) and TensorBoard."""
+    monkeypatch.setenv("DDPM_CACHE_DIR", str(tmp_path / "cache"))
+    write_cifar10(tmp_path / "cifar")
+    fid = ["--sampler", "ddim", "--reference", "cifar10-test", "--seed", 3]
+    code, _, err = cli("train", *TINY, "--data-dir", tmp_path / "cifar", "--save-model", tmp_path / "run",
+                       "--seed", 3, "--fid-every", 4, "--fid-samples", 4, "--fid-steps", 2,
+                       "--fid-sampler", "ddim", "--fid-reference", "cifar10-test")
+    assert code == 0, err
+    [trained] = _records(tmp_path / "run")
+    assert (trained["step"], trained["weights"], trained["num_samples"], trained["steps"]) == (4, "ema", 4, 2)
+    logged = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in logged] == [2, 4, 4] and logged[-1]["fid"] == trained["fid"]
+    assert list((tmp_path / "run" / "tensorboard").iterdir())
+
+    (tmp_path / "run" / "eval.jsonl").unlink()
+    code, _, err = cli("eval", tmp_path / "run", "--num-samples", 4, "--sampling-steps", 2, *fid,
+                       "--data-dir", tmp_path / "cifar", "--device", "cpu")
+    assert code == 0, err
+    [evaluated] = _records(tmp_path / "run")
+    for key in ("fid", "kid", "precision", "recall"):
+        assert evaluated[key] == pytest.approx(trained[key], rel=1e-6, abs=1e-9), key
+
+    code, out, err = cli("plot", tmp_path / "run")
+    assert code == 0, err
+    assert f"FID (EMA) {trained['fid']:.4f} at step 4 (1 evaluations)" in out

@@ -95,6 +95,16 @@ class TrainConfig:
     keep_checkpoints: int = _opt(3, "keep the newest K checkpoints")
     sample_every: int = _opt(10_000, "save a sample grid from the EMA weights every this many steps (0: off)")
     sample_steps: int = _opt(100, "DDIM steps used for the --sample-every grids")
+    fid_every: int = _opt(0, "FID/KID/precision/recall of the EMA weights every this many steps (0: off); slow on "
+                             "a CPU, see docs/fid.md")
+    fid_samples: int = _opt(5000, "samples drawn for each --fid-every evaluation (image i uses seed --seed + i)")
+    fid_sampler: str = _opt("ddim", "sampler of the --fid-every evaluations", choices=("ddpm", "ddim", "dpm++2m"))
+    fid_steps: int = _opt(50, "sampling steps of the --fid-every evaluations")
+    fid_reference: str = _opt(
+        "cifar10-train",
+        "reference of the --fid-every evaluations: anything `ddpm fid` takes as B (a built-in CIFAR-10 name, whose "
+        "statistics are computed once from the pickles in --data-dir or ./data and cached, a folder, an archive, "
+        "an .npz of images or of statistics)")
     num_workers: int = _opt(2, "data-loading worker processes (image folders too large for memory)")
     device: str = _opt("auto", "device", choices=("auto", "cpu", "cuda"))
     compile: bool = _opt(False, "torch.compile the model")
@@ -201,17 +211,20 @@ def validate(config: RunConfig) -> None:
         "--logging-steps": t.logging_steps, "--checkpoint": t.checkpoint_every,
         "--keep-checkpoints": t.keep_checkpoints, "--attention-heads": m.attention_heads,
         "--sample-steps": t.sample_steps, "--max-bad-steps": t.max_bad_steps, "--steplr-steps": t.steplr_steps,
+        "--fid-steps": t.fid_steps,
     }
     for flag, value in positive.items():
         if value <= 0:
             raise ConfigError(f"{flag} must be positive, got {value}")
     non_negative = {
         "--warmup-steps": t.warmup_steps, "--grad-clip": t.grad_clip, "--weight-decay": t.weight_decay,
-        "--sample-every": t.sample_every, "--num-workers": t.num_workers,
+        "--sample-every": t.sample_every, "--num-workers": t.num_workers, "--fid-every": t.fid_every,
     }
     for flag, value in non_negative.items():
         if value < 0:
             raise ConfigError(f"{flag} must be >= 0, got {value}")
+    if t.fid_every and t.fid_samples < 4:  # precision/recall use each sample's 3rd nearest neighbour
+        raise ConfigError(f"--fid-samples must be at least 4, got {t.fid_samples}")
     if m.nf < 4:  # the sinusoidal timestep embedding has nf/2 frequencies spaced over (nf/2 - 1) intervals
         raise ConfigError(f"--nf must be at least 4 (the timestep embedding needs 2 frequencies), got {m.nf}")
     floats = (d.beta_start, d.beta_end, t.lr, m.dropout, t.ema_decay, t.grad_clip, t.weight_decay)

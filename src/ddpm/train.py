@@ -40,9 +40,10 @@ from ddpm.unet import UNet, count_parameters
 MUTABLE_ON_RESUME = {
     "total_steps", "logging_steps", "checkpoint_every", "keep_checkpoints", "sample_every", "sample_steps",
     "num_workers", "device", "compile", "channels_last", "skip_bad_images", "max_bad_steps", "data_dir",
-    "save_model", "grad_checkpoint",
+    "save_model", "grad_checkpoint", "fid_every", "fid_samples", "fid_sampler", "fid_steps", "fid_reference",
 }
 SAMPLE_GRID = 64
+FID_METRICS = ("fid", "kid", "kid_std", "precision", "recall")  # what --fid-every logs
 
 
 class TrainingError(DDPMError):
@@ -227,6 +228,7 @@ class Trainer:
         t = self.config.train
         batches = StepBatches(len(data), t.batch_size, t.seed, self.dist.rank, self.dist.world_size)
         main = self.dist.is_main
+        reference = self._fid_reference() if t.fid_every and main else None  # fails now, not after hours
         writer = self._writer() if main else None
         bar = tqdm(total=t.total_steps, initial=self.step, disable=not main, dynamic_ncols=True, unit="step")
         window_loss, window_steps, window_time, bad_in_a_row = 0.0, 0, 0.0, 0
@@ -264,6 +266,10 @@ class Trainer:
                         window_loss, window_steps, window_time = 0.0, 0, 0.0
                     if t.sample_every and self.step % t.sample_every == 0 and main:
                         self._sample_grid(writer)
+                    if t.fid_every and self.step % t.fid_every == 0:
+                        if main:
+                            self._log_fid(writer, reference)
+                        barrier(self.dist)  # the other ranks wait here rather than in the next all-reduce
                     if self.step % t.checkpoint_every == 0 or self.step == t.total_steps:
                         self.save()
                     if any_rank(self.dist, stop.signum is not None):
@@ -292,6 +298,41 @@ class Trainer:
         for key in ("loss", "lr", "grad_norm", "images_per_sec"):
             writer.add_scalar(f"train/{key}", record[key], self.step)
         bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", img_s=f"{rate:.1f}")
+
+    def _fid_reference(self):
+        """The statistics ``--fid-every`` compares with, loaded once (built-in ones are cached across runs)."""
+        from ddpm.data import find_cifar10
+        from ddpm.evaluate import check_steps
+        from ddpm.metrics import load_source, source_kind
+
+        t = self.config.train
+        check_steps(self.diffusion, t.fid_sampler, [t.fid_steps])
+        data_dir = None  # a built-in reference is read from the training data when that is CIFAR-10, else ./data
+        if source_kind(t.fid_reference) == "reference" and t.data_dir and find_cifar10(Path(t.data_dir)):
+            data_dir = t.data_dir
+        self.log(f"--fid-every {t.fid_every}: reference {t.fid_reference}")
+        return load_source(t.fid_reference, data_dir=data_dir, device=self.device.type)
+
+    def _log_fid(self, writer, reference) -> None:
+        """Score ``fid_samples`` EMA samples against ``reference``: TensorBoard, metrics.jsonl and eval.jsonl.
+
+        The eval.jsonl line is the one ``ddpm eval`` writes, so FIDs from training and from later evaluations of
+        the same run sit in one file.
+        """
+        from ddpm.evaluate import append_record, evaluate
+
+        t = self.config.train
+        result = evaluate(self.ema.model, self.diffusion, reference, t.fid_samples, t.fid_sampler, t.fid_steps,
+                          seed=t.seed, device=self.device, progress=False)
+        record = {"step": self.step, "weights": "ema", "reference": t.fid_reference, **result}
+        append_record(self.run_dir, record)
+        with open(self.run_dir / "metrics.jsonl", "a") as f:
+            f.write(json.dumps({"step": self.step, **{k: result[k] for k in FID_METRICS}}) + "\n")
+        for key in FID_METRICS:
+            if result[key] is not None:
+                writer.add_scalar(f"eval/{key}", result[key], self.step)
+        self.log(f"step {self.step}: FID {result['fid']:.4f} ({t.fid_samples} samples, {t.fid_sampler} "
+                 f"{t.fid_steps} steps, {result['wall_sec']:.0f} s)")
 
     @torch.no_grad()
     def _sample_grid(self, writer) -> None:

@@ -553,8 +553,9 @@ def _millions(count: int) -> str:
 def read_metrics(path: str | Path) -> list[dict]:
     """The records of a run's ``metrics.jsonl`` (``path`` is the file or its run directory), one per logged step.
 
-    A resumed run may log a step twice (when it resumed from a checkpoint older than its last log line); the
-    later record wins, so the curve is the one the final weights followed. A line cut short by a crash is skipped.
+    Lines of the same step are merged (``--fid-every`` writes its metrics on a line of their own). A resumed run
+    may log a step twice (when it resumed from a checkpoint older than its last log line); the later values win,
+    so the curve is the one the final weights followed. A line cut short by a crash is skipped.
     """
     path = Path(path)
     file = path / "metrics.jsonl" if path.is_dir() else path
@@ -565,7 +566,7 @@ def read_metrics(path: str | Path) -> list[dict]:
     for line in file.read_text().splitlines():
         try:
             record = json.loads(line)
-            records[int(record["step"])] = record
+            records.setdefault(int(record["step"]), {}).update(record)
         except (ValueError, KeyError, TypeError):
             continue
     if not records:
@@ -583,10 +584,15 @@ def smooth(values: Sequence[float], weight: float) -> list[float]:
 
 
 def metrics_figure(records: Sequence[dict], title: str, smoothing: float = 0.6) -> Figure:
-    """Loss (raw and smoothed, log scale), learning rate and gradient norm against the training step."""
+    """Loss (raw and smoothed, log scale), learning rate, gradient norm and, with ``--fid-every``, FID against
+    the training step."""
+    evaluations = [r for r in records if r.get("fid") is not None]
+    records = [r for r in records if "loss" in r]
     steps = [r["step"] for r in records]
-    fig = Figure(figsize=(8, 7), layout="constrained")
-    loss_ax, lr_ax, grad_ax = fig.subplots(3, 1, sharex=True, height_ratios=[2.2, 1, 1])
+    panels = 4 if evaluations else 3
+    fig = Figure(figsize=(8, 7 + 1.8 * (panels - 3)), layout="constrained")
+    axes = fig.subplots(panels, 1, sharex=True, height_ratios=[2.2, 1, 1, 1.4][:panels])
+    loss_ax, lr_ax, grad_ax = axes[:3]
     loss = [r["loss"] for r in records]
     loss_ax.semilogy(steps, loss, color="tab:blue", alpha=0.3, lw=0.8, label="logged (mean over the window)")
     loss_ax.semilogy(steps, smooth(loss, smoothing), color="tab:blue", lw=1.5, label=f"smoothed ({smoothing})")
@@ -599,7 +605,10 @@ def metrics_figure(records: Sequence[dict], title: str, smoothing: float = 0.6) 
     lr_ax.set_ylim(bottom=0)
     grad_ax.semilogy(steps, [r.get("grad_norm", float("nan")) for r in records], color="tab:red", lw=0.8)
     grad_ax.set_ylabel("gradient norm")
-    grad_ax.set_xlabel("training step")
-    for ax in (loss_ax, lr_ax, grad_ax):
+    if evaluations:
+        axes[3].plot([r["step"] for r in evaluations], [r["fid"] for r in evaluations], marker="o", color="tab:purple")
+        axes[3].set_ylabel("FID (EMA)")
+    axes[-1].set_xlabel("training step")
+    for ax in axes:
         ax.grid(alpha=0.3)
     return fig

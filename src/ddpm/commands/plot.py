@@ -26,7 +26,7 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ddpm.errors import ConfigError
+    from ddpm.errors import ConfigError, DataError
     from ddpm.visualize import metrics_figure, read_metrics, save_figure
 
     if not 0 <= args.smoothing < 1:
@@ -39,11 +39,17 @@ def run(args: argparse.Namespace) -> int:
     output = Path(args.output) if args.output else run_dir / "training_curves.png"
     if not output.parent.exists():
         raise ConfigError(f"cannot write {output}: folder {output.parent} does not exist")
-    first, last = records[0], records[-1]
-    best = min(records, key=lambda r: r["loss"])
-    title = f"{run_dir.name or run_dir.resolve().name}: {len(records)} logged points, steps {first['step']}-{last['step']}"
+    losses = [r for r in records if "loss" in r]  # the others hold only --fid-every metrics
+    if not losses:
+        raise DataError(f"{args.run} holds no loss records yet; training writes one every --logging-steps steps")
+    first, last = losses[0], losses[-1]
+    best = min(losses, key=lambda r: r["loss"])
+    title = f"{run_dir.name or run_dir.resolve().name}: {len(losses)} logged points, steps {first['step']}-{last['step']}"
     width, height = save_figure(metrics_figure(records, title, args.smoothing), output, args.dpi)
-    print(f"{len(records)} records, steps {first['step']}..{last['step']}: loss {first['loss']:.4f} -> "
+    print(f"{len(losses)} records, steps {first['step']}..{last['step']}: loss {first['loss']:.4f} -> "
           f"{last['loss']:.4f} (lowest {best['loss']:.4f} at step {best['step']}), lr {last['lr']:.3g}")
+    fids = [r for r in records if r.get("fid") is not None]
+    if fids:
+        print(f"FID (EMA) {fids[-1]['fid']:.4f} at step {fids[-1]['step']} ({len(fids)} evaluations)")
     print(f"wrote {output} ({width}x{height})")
     return 0
