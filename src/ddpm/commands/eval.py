@@ -15,7 +15,7 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
-from ddpm.commands.fid import _positive_int
+from ddpm.commands.options import positive_int
 from ddpm.samplers import SAMPLERS
 
 EXAMPLE = """examples:
@@ -26,7 +26,7 @@ EXAMPLE = """examples:
 def _step_list(text: str) -> list[int]:
     """``"10,20,50"`` -> [10, 20, 50]: positive, without repeats, in the given order."""
     try:
-        steps = [_positive_int(part) for part in text.split(",")]
+        steps = [positive_int(part) for part in text.split(",")]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected positive integers separated by commas, got {text!r}") from None
     if len(set(steps)) != len(steps):
@@ -41,7 +41,7 @@ def register(subparsers) -> None:
                                    description=__doc__, epilog=EXAMPLE, formatter_class=HelpFormatter)
     parser.add_argument("checkpoint", metavar="CHECKPOINT",
                         help="run directory (its newest checkpoint), checkpoint .pt or exported .safetensors")
-    parser.add_argument("--num-samples", type=_positive_int, default=50_000, metavar="N",
+    parser.add_argument("--num-samples", type=positive_int, default=50_000, metavar="N",
                         help="images to sample per step count (papers: 50,000; FID is biased upwards for fewer)")
     parser.add_argument("--sampler", choices=SAMPLERS, default="ddpm",
                         help="ddpm: ancestral (Ho et al.); ddim: Song et al. (eta 0); dpm++2m: DPM-Solver++(2M)")
@@ -53,7 +53,7 @@ def register(subparsers) -> None:
     parser.add_argument("--data-dir", default=None, metavar="PATH",
                         help="folder with cifar-10-batches-py/ or cifar-10-python.tar.gz for the built-in references; "
                              "None: ./data, where CIFAR-10 is downloaded if absent (only when not yet cached)")
-    parser.add_argument("--batch-size", type=_positive_int, default=64, help="images per sampling batch")
+    parser.add_argument("--batch-size", type=positive_int, default=64, help="images per sampling batch")
     parser.add_argument("--seed", type=int, default=0, help="image i uses seed SEED + i, at every step count")
     parser.add_argument("--weights", choices=("ema", "raw"), default="ema",
                         help="EMA (what papers report) or raw training weights")

@@ -13,12 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
-    return value
+from ddpm.commands.options import positive_int
 
 
 def register(subparsers) -> None:
@@ -31,13 +26,13 @@ def register(subparsers) -> None:
                         help="reference images or statistics, same kinds as A; may be omitted with --save-stats")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                         help="where the Inception network runs (auto: CUDA when available)")
-    parser.add_argument("--batch-size", type=_positive_int, default=64, help="images per Inception forward pass")
+    parser.add_argument("--batch-size", type=positive_int, default=64, help="images per Inception forward pass")
     parser.add_argument("--data-dir", default=None, metavar="PATH",
                         help="folder with cifar-10-batches-py/ or cifar-10-python.tar.gz for the built-in references; "
                              "None: ./data, where CIFAR-10 is downloaded if absent")
     parser.add_argument("--save-stats", default=None, metavar="FILE.npz",
                         help="save A's statistics and features (for KID, precision/recall) to reuse as A or B later")
-    parser.add_argument("--num-images", type=_positive_int, default=None, metavar="N",
+    parser.add_argument("--num-images", type=positive_int, default=None, metavar="N",
                         help="use the first N images of A and of B, an error if either has fewer; None: all")
     parser.set_defaults(func=run)
 

@@ -10,6 +10,14 @@ from typing import Any
 from ddpm.config import PRESETS, SECTIONS
 
 
+def positive_int(text: str) -> int:
+    """argparse type of counts (images, batch sizes): an integer >= 1, else argparse's one-line usage error."""
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
 def flag_name(field: dataclasses.Field) -> str:
     return field.metadata.get("flag") or "--" + field.name.replace("_", "-")
 

@@ -13,18 +13,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ddpm.commands.options import positive_int
+
 EXAMPLES = """examples:
   ddpm visualize forward --data-dir cifar10-jpeg.tar.gz --num-images 4 --output forward.png
   ddpm visualize trajectory runs/tiny --sampler ddim --sampling-steps 20 --every 2
   ddpm visualize loss-vs-t runs/tiny --data-dir ./data --num-images 512
   ddpm visualize architecture ho2020 --output ho2020.png"""
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
-    return value
 
 
 def register(subparsers) -> None:
@@ -39,7 +34,7 @@ def register(subparsers) -> None:
     def add(name: str, help: str, default_output: str) -> argparse.ArgumentParser:
         sub = figures.add_parser(name, help=help, description=help, formatter_class=HelpFormatter)
         sub.add_argument("--output", default=default_output, metavar="FILE.png", help="PNG file to write")
-        sub.add_argument("--dpi", type=_positive_int, default=100, help="pixels per inch of the PNG")
+        sub.add_argument("--dpi", type=positive_int, default=100, help="pixels per inch of the PNG")
         return sub
 
     diffusion = DiffusionConfig()
@@ -48,10 +43,10 @@ def register(subparsers) -> None:
     forward.add_argument("--data-dir", default=None, metavar="PATH",
                          help="images: a folder, a .zip/.tar(.gz) of images, or CIFAR-10 pickles; None: CIFAR-10 in "
                               "./data (downloaded if absent)")
-    forward.add_argument("--num-images", type=_positive_int, default=4, metavar="N",
+    forward.add_argument("--num-images", type=positive_int, default=4, metavar="N",
                          help="images shown, spread evenly over the source in sorted order; only these are decoded")
-    forward.add_argument("--resolution", type=_positive_int, default=32, help="images are resized to this side")
-    forward.add_argument("--time-steps", type=_positive_int, default=diffusion.timesteps,
+    forward.add_argument("--resolution", type=positive_int, default=32, help="images are resized to this side")
+    forward.add_argument("--time-steps", type=positive_int, default=diffusion.timesteps,
                          help="T; the columns t = 0 100 250 500 750 999 are scaled to T")
     forward.add_argument("--beta-start", type=float, default=diffusion.beta_start, help="beta_1 of the linear schedule")
     forward.add_argument("--beta-end", type=float, default=diffusion.beta_end, help="beta_T of the linear schedule")
@@ -71,16 +66,16 @@ def register(subparsers) -> None:
                             help="one image per seed, the image `ddpm sample --seed` draws for it")
     trajectory.add_argument("--sampler", choices=SAMPLERS, default="ddpm",
                             help="ddpm: ancestral (Ho et al.); ddim: Song et al.; dpm++2m: DPM-Solver++(2M)")
-    trajectory.add_argument("--sampling-steps", type=_positive_int, default=None,
+    trajectory.add_argument("--sampling-steps", type=positive_int, default=None,
                             help="network evaluations; None: all T for ddpm, 50 for ddim and dpm++2m")
     trajectory.add_argument("--eta", type=float, default=0.0, help="DDIM stochasticity (0: deterministic)")
-    trajectory.add_argument("--every", type=_positive_int, default=None, metavar="K",
+    trajectory.add_argument("--every", type=positive_int, default=None, metavar="K",
                             help="a strip column every K steps (and the last); None: about 10 columns")
     trajectory.add_argument("--gif", default=None, metavar="FILE.gif",
                             help="animated GIF to write; None: --output with the suffix .gif")
-    trajectory.add_argument("--gif-frames", type=_positive_int, default=50, help="about this many GIF frames")
-    trajectory.add_argument("--scale", type=_positive_int, default=3, help="GIF upscaling (nearest neighbour)")
-    trajectory.add_argument("--frame-ms", type=_positive_int, default=80, help="GIF frame duration")
+    trajectory.add_argument("--gif-frames", type=positive_int, default=50, help="about this many GIF frames")
+    trajectory.add_argument("--scale", type=positive_int, default=3, help="GIF upscaling (nearest neighbour)")
+    trajectory.add_argument("--frame-ms", type=positive_int, default=80, help="GIF frame duration")
     trajectory.add_argument("--no-clip", action="store_true", help="do not clip the predicted x0 to [-1, 1]")
 
     loss = add("loss-vs-t", "a checkpoint's training loss per timestep bucket on held-out images, printed and "
@@ -92,10 +87,10 @@ def register(subparsers) -> None:
     loss.add_argument("--split", choices=("test", "train"), default="test",
                       help="CIFAR-10 split; for a folder or archive, only files below a folder of this name when "
                            "there are any (e.g. test/ of the CIFAR-10 JPEG archive), else all files")
-    loss.add_argument("--num-images", type=_positive_int, default=512, metavar="N",
+    loss.add_argument("--num-images", type=positive_int, default=512, metavar="N",
                       help="images evaluated, spread evenly over the source")
-    loss.add_argument("--buckets", type=_positive_int, default=10, help="equal-width timestep buckets")
-    loss.add_argument("--batch-size", type=_positive_int, default=128, help="images per forward pass")
+    loss.add_argument("--buckets", type=positive_int, default=10, help="equal-width timestep buckets")
+    loss.add_argument("--batch-size", type=positive_int, default=128, help="images per forward pass")
     loss.add_argument("--seed", type=int, default=0, help="seed of t and eps, so checkpoints compare on the same draws")
 
     architecture = add("architecture", "a diagram of the UNet (levels, channels, resolutions, attention, skips), "
