@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Redraws every figure of README.md and docs/guide.md into docs/figures/.
+#
+#   bash docs/figures/make_figures.sh [RUN] [DATA]
+#
+# RUN   a run directory of `ddpm train` (its newest checkpoint is used); default runs/cifar-small
+# DATA  the JPEG copy of CIFAR-10, a folder holding train/<class>/*.jpg and test/<class>/*.jpg; default cifar10-jpeg:
+#       mkdir -p cifar10-jpeg && tar xzf ../shared/data/cifar10-jpeg.tar.gz -C cifar10-jpeg
+#
+# Run it from the root of the repository. The commands are the ones shown next to each figure in the documents.
+# The first three figures need no model; the last four use RUN. Each command prints what it drew (checkpoint and
+# step included): put that step in the captions of docs/guide.md when the figures come from a new checkpoint.
+set -euo pipefail
+
+RUN=${1:-runs/cifar-small}
+DATA=${2:-cifar10-jpeg}
+[[ -f docs/figures/make_figures.sh ]] || { echo "run this from the root of the repository" >&2; exit 2; }
+
+# The forward process q(x_t | x_0) on real images, linear vs cosine schedule, with alpha-bar_t and SNR(t).
+ddpm visualize forward --data-dir "$DATA/train" --num-images 4 --output docs/figures/forward.png
+
+# The two UNets (built from the presets, no training needed).
+ddpm visualize architecture seed --output docs/figures/architecture-seed.png
+ddpm visualize architecture ho2020 --output docs/figures/architecture-ho2020.png
+
+# Loss per timestep of the trained model on held-out (test) images.
+ddpm visualize loss-vs-t "$RUN" --data-dir "$DATA/test" --num-images 256 --output docs/figures/loss-vs-t.png
+
+# The reverse process: x_t and the predicted x_0, with all T = 1000 DDPM steps, with 50 DDIM steps, and with
+# 20 DPM-Solver++(2M) steps, from the same seeds (the same x_T).
+ddpm visualize trajectory "$RUN" --sampler ddpm --seeds 0 1 2 --every 100 --gif-frames 40 --scale 2 \
+    --output docs/figures/trajectory-ddpm.png
+ddpm visualize trajectory "$RUN" --sampler ddim --sampling-steps 50 --seeds 0 1 2 --every 5 --gif-frames 25 \
+    --scale 2 --output docs/figures/trajectory-ddim.png
+ddpm visualize trajectory "$RUN" --sampler dpm++2m --sampling-steps 20 --seeds 0 1 2 --every 2 --gif-frames 20 \
+    --scale 2 --output docs/figures/trajectory-dpmpp2m.png
