@@ -84,10 +84,12 @@ def run(args: argparse.Namespace) -> int:
         loaded = load_model(args.load_model, dist.device, args.weights)
         seeds = [args.seed + i for i in range(args.num_samples)]
         folder = Path(args.output_dir) if args.output_dir else None
-        todo = [s for s in seeds if folder is None or not image_path(folder, s).exists()][dist.rank::dist.world_size]
+        missing = [s for s in seeds if folder is None or not image_path(folder, s).exists()]
+        barrier(dist)  # every rank lists the folder before any rank writes to it, so all split the same list
+        todo = missing[dist.rank::dist.world_size]
         if dist.is_main:
             print(f"{loaded.source} (step {loaded.step}, {loaded.weights} weights): {len(seeds)} images, "
-                  f"{len(seeds) - len(todo) * dist.world_size if folder else 0} already written, sampler {args.sampler}")
+                  f"{len(seeds) - len(missing)} already written, sampler {args.sampler}")
         kept: dict[int, np.ndarray] = {}
 
         def on_batch(batch_seeds, images):
