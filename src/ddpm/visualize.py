@@ -339,11 +339,16 @@ def uniform_t_loss(rows: Sequence[BucketLoss]) -> float:
 
 
 def loss_figure(rows: Sequence[BucketLoss], title: str) -> Figure:
-    """Bars of the loss per timestep bucket (log scale, standard errors as whiskers), the uniform-t mean as a line."""
+    """The loss per timestep bucket on a log scale, the uniform-t mean as a line.
+
+    Each bucket is a point at its mean with a horizontal bar over its timesteps and whiskers of one standard error;
+    not a bar chart, whose bar heights on a log axis would depend on where the axis happens to start.
+    """
     fig = Figure(figsize=(8, 4.5), layout="constrained")
     ax = fig.add_subplot()
-    ax.bar([r.start for r in rows], [r.mean for r in rows], width=[r.stop - r.start for r in rows], align="edge",
-           yerr=[r.stderr for r in rows], color="tab:blue", edgecolor="white", ecolor="0.3", capsize=2)
+    half = [(r.stop - r.start) / 2 for r in rows]
+    ax.errorbar([r.start + h for r, h in zip(rows, half)], [r.mean for r in rows], xerr=half,
+                yerr=[r.stderr for r in rows], fmt="o", color="tab:blue", ecolor="tab:blue", capsize=2, ms=4)
     mean = uniform_t_loss(rows)
     ax.axhline(mean, color="tab:red", ls="--", lw=1, label=f"mean over t ~ U{{0..T-1}}: {mean:.4f}")
     ax.set_yscale("log")
