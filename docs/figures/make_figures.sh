@@ -34,3 +34,7 @@ ddpm visualize trajectory "$RUN" --sampler ddim --sampling-steps 50 --seeds 0 1 
     --scale 2 --output docs/figures/trajectory-ddim.png
 ddpm visualize trajectory "$RUN" --sampler dpm++2m --sampling-steps 20 --seeds 0 1 2 --every 2 --gif-frames 20 \
     --scale 2 --output docs/figures/trajectory-dpmpp2m.png
+
+# The README's Results grid: 64 samples of the EMA weights with 50 DDIM steps (seeds 0..63).
+ddpm sample --load-model "$RUN" --num-samples 64 --sampler ddim --sampling-steps 50 \
+    --output docs/figures/results-samples.png
