@@ -45,6 +45,18 @@ def test_train_on_cifar_pickles_then_sample(cli, cifar_dir, tmp_path):
     assert images.std() > 0
 
 
+def test_compiled_sampling_draws_the_same_images(cli, cifar_dir, tmp_path):
+    """``ddpm sample --compile`` (torch.compile, inductor on the CPU) changes the speed, not the images."""
+    run = tmp_path / "run"
+    assert cli("train", *TINY, "--data-dir", cifar_dir, "--save-model", run)[0] == 0
+    for name, extra in (("eager", []), ("compiled", ["--compile"])):
+        code, _, err = cli("sample", "--load-model", run, "--num-samples", 2, "--sampler", "ddim", "--sampling-steps", 2,
+                           "--npz", tmp_path / f"{name}.npz", "--device", "cpu", *extra)
+        assert code == 0, err
+    eager, compiled = (np.load(tmp_path / f"{n}.npz")["arr_0"].astype(int) for n in ("eager", "compiled"))
+    assert np.abs(eager - compiled).max() <= 1 and eager.std() > 0
+
+
 def test_train_on_cifar_archive(cli, cifar_archive, tmp_path):
     code, out, err = cli("train", *TINY, "--data-dir", cifar_archive, "--save-model", tmp_path / "run")
     assert code == 0, err

@@ -15,7 +15,7 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
-from ddpm.commands.options import positive_int
+from ddpm.commands.options import add_compile_argument, positive_int
 from ddpm.samplers import SAMPLERS
 
 EXAMPLE = """examples:
@@ -61,6 +61,7 @@ def register(subparsers) -> None:
                         help="where sampling and Inception run (auto: CUDA when available)")
     parser.add_argument("--keep-samples", default=None, metavar="DIR",
                         help="also write the samples as PNGs named by seed; a sweep writes DIR/<sampler>-<steps>/")
+    add_compile_argument(parser)
     parser.set_defaults(func=run)
 
 
@@ -77,6 +78,8 @@ def _summary(record: dict) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    import torch
+
     from ddpm.checkpoint import load_model
     from ddpm.distributed import resolve_device
     from ddpm.errors import ConfigError
@@ -96,6 +99,7 @@ def run(args: argparse.Namespace) -> int:
           file=sys.stderr)
 
     reference = load_source(args.reference, data_dir=args.data_dir, device=args.device)
+    model = torch.compile(loaded.model) if args.compile else loaded.model
     reference_name = args.reference if kind == "reference" else str(Path(args.reference).resolve())
     sweep = len(args.sampling_steps) > 1
     records = []
@@ -103,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
         keep = None
         if args.keep_samples:
             keep = Path(args.keep_samples) / f"{args.sampler}-{steps}" if sweep else Path(args.keep_samples)
-        result = evaluate(loaded.model, loaded.diffusion, reference, args.num_samples, args.sampler, steps, args.seed,
+        result = evaluate(model, loaded.diffusion, reference, args.num_samples, args.sampler, steps, args.seed,
                           args.batch_size, device, keep)
         record = {"checkpoint": str(loaded.source.resolve()), "step": loaded.step, "weights": loaded.weights,
                   **result, "reference": reference_name, "reference_images": reference.num_images,

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ddpm.commands.options import add_compile_argument
 from ddpm.samplers import SAMPLERS
 
 
@@ -38,6 +39,7 @@ def register(subparsers) -> None:
     parser.add_argument("--weights", choices=("ema", "raw"), default="ema", help="EMA or raw training weights")
     parser.add_argument("--no-clip", action="store_true", help="do not clip the predicted x0 to [-1, 1]")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="device")
+    add_compile_argument(parser)
     parser.set_defaults(func=run)
 
 
@@ -99,7 +101,8 @@ def run(args: argparse.Namespace) -> int:
                 else:
                     kept[s] = image
 
-        rate = generate(loaded.model, loaded.diffusion, todo, args.batch_size, on_batch, args.sampler,
+        model = torch.compile(loaded.model) if args.compile else loaded.model
+        rate = generate(model, loaded.diffusion, todo, args.batch_size, on_batch, args.sampler,
                         args.sampling_steps, args.eta, not args.no_clip, dist.device, progress=dist.is_main)
         barrier(dist)
         if not dist.is_main:
