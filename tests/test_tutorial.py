@@ -20,6 +20,9 @@ def test_tutorial_runs(tmp_path, monkeypatch):
     monkeypatch.setenv("DDPM_TUTORIAL_DIR", str(work))
     monkeypatch.setenv("DDPM_TUTORIAL_QUICK", "1")  # 20 steps on 48 images, 8 samples, 32 held-out images
     monkeypatch.setenv("DDPM_TUTORIAL_ARCHIVE", "")  # only the archive next to the repository, if any
+    # One intra-op thread in the kernel: the tiny network gains nothing from two, and on a machine whose cores are
+    # busy with other work, two spinning OpenMP threads made this test 15x slower (50 s -> 14 min, measured).
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
     notebook = nbformat.read(DOCS / "tutorial.ipynb", as_version=4)
     client = nbclient.NotebookClient(notebook, timeout=300, kernel_name="python3",
                                      resources={"metadata": {"path": str(DOCS)}})
