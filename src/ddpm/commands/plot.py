@@ -1,7 +1,7 @@
 """``ddpm plot RUN``: the training curves of a run from its ``metrics.jsonl``, for those without TensorBoard.
 
-Plots the loss (as logged, the mean over each --logging-steps window, and smoothed), the learning rate and the
-gradient norm against the step, and prints a one-line summary.
+Plots the loss (as logged, the mean over each --logging-steps window, and smoothed), the learning rate, the
+gradient norm and, for a run trained with --fid-every, the FID against the step, and prints a summary.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 def register(subparsers) -> None:
     from ddpm.cli import HelpFormatter
 
-    parser = subparsers.add_parser("plot", help="plot the loss and learning rate of a run (metrics.jsonl)",
+    parser = subparsers.add_parser("plot", help="plot the training curves of a run (metrics.jsonl)",
                                    description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("run", metavar="RUN", help="run directory of `ddpm train` (its --save-model) or a metrics.jsonl")
     parser.add_argument("--output", default=None, metavar="FILE.png",
