@@ -201,7 +201,7 @@ def run_benchmark(config: RunConfig, steps: int, warmup: int, ddim_steps: int = 
         train_tflops=train_flops * train_rate / 1e12, forward_tflops=forward_flops * forward_rate / 1e12,
         matmul_peak_tflops=peak / 1e12, matmul_size=size,
         train_share_of_peak=train_flops * train_rate / peak, forward_share_of_peak=forward_flops * forward_rate / peak,
-        memory_measure=PeakMemory(device).measure, train_peak_memory_bytes=train_memory.bytes,
+        memory_measure=train_memory.measure, train_peak_memory_bytes=train_memory.bytes,
         forward_peak_memory_bytes=forward_memory.bytes, ddim_steps=ddim_steps, ddim_seconds_per_batch=ddim_seconds,
     )
 

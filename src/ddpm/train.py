@@ -289,12 +289,16 @@ class Trainer:
 
         return SummaryWriter(str(self.run_dir / "tensorboard"))
 
+    def _append_metrics(self, record: dict[str, Any]) -> None:
+        """One JSON line in the run's metrics.jsonl (loss records and --fid-every records alike)."""
+        with open(self.run_dir / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+
     def _log_metrics(self, writer, bar, loss: float, grad_norm: float, rate: float) -> None:
         lr = self.scheduler.get_last_lr()[0]
         record = {"step": self.step, "loss": loss, "lr": lr, "grad_norm": grad_norm, "images_per_sec": rate,
                   "train_sec": self.elapsed, "skipped_steps": self.skipped}
-        with open(self.run_dir / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(record) + "\n")
+        self._append_metrics(record)
         for key in ("loss", "lr", "grad_norm", "images_per_sec"):
             writer.add_scalar(f"train/{key}", record[key], self.step)
         bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", img_s=f"{rate:.1f}")
@@ -326,8 +330,7 @@ class Trainer:
                           seed=t.seed, device=self.device, progress=False)
         record = {"step": self.step, "weights": "ema", "reference": t.fid_reference, **result}
         append_record(self.run_dir, record)
-        with open(self.run_dir / "metrics.jsonl", "a") as f:
-            f.write(json.dumps({"step": self.step, **{k: result[k] for k in FID_METRICS}}) + "\n")
+        self._append_metrics({"step": self.step, **{k: result[k] for k in FID_METRICS}})
         for key in FID_METRICS:
             if result[key] is not None:
                 writer.add_scalar(f"eval/{key}", result[key], self.step)
