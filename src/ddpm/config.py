@@ -12,10 +12,40 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from ddpm.errors import ConfigError
+
+
+_DURATION = re.compile(r"(?:(\d+(?:\.\d*)?)h)?(?:(\d+(?:\.\d*)?)m(?:in)?)?(?:(\d+(?:\.\d*)?)s)?")
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in a duration such as ``2h``, ``90m``, ``1h30m``, ``45s``, ``1.5h`` or a plain number of seconds."""
+    text = str(text).strip().lower().replace(" ", "")
+    try:
+        seconds = float(text)
+    except ValueError:
+        match = _DURATION.fullmatch(text)
+        if not text or match is None:
+            raise ValueError(f"{text!r} is not a duration; write e.g. 2h, 90m, 1h30m, 45s or a number of seconds") \
+                from None
+        hours, minutes, secs = (float(g) if g else 0.0 for g in match.groups())
+        seconds = 3600 * hours + 60 * minutes + secs
+    if not math.isfinite(seconds) or seconds < 0:
+        raise ValueError(f"a duration must be a finite number of seconds >= 0, got {text!r}")
+    return seconds
+
+
+def format_duration(seconds: float) -> str:
+    """``seconds`` in the unit that fits: ``42 s``, ``12.5 min``, ``3.02 h``."""
+    if seconds < 100:
+        return f"{seconds:.0f} s"
+    if seconds < 6000:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.2f} h"
 
 
 def _opt(default: Any, help: str, flag: str | None = None, choices: tuple | None = None, **extra: Any):
@@ -86,10 +116,21 @@ class TrainConfig:
     steplr_steps: int = _opt(100_000, "period of the 'step' schedule")
     steplr_factor: float = _opt(0.5, "factor applied every --steplr-steps by the 'step' schedule")
     grad_clip: float = _opt(0.0, "clip the global gradient norm to this value (0: off)")
-    ema_decay: float = _opt(0.9999, "decay of the exponential moving average of the weights (0: off)")
+    ema_decay: float = _opt(0.9999, "decay of the exponential moving average of the weights (0: off); with a "
+                                    "warm-up, the value the decay grows towards")
+    ema_warmup: str = _opt(
+        "power",
+        "EMA decay warm-up (see ddpm.ema): 'power': 1 - (1 + n)^-EMA_POWER (diffusers, ema_pytorch), 'tf': "
+        "(1 + n) / (10 + n) (TensorFlow's num_updates), 'none': the fixed decay of Ho et al.; each capped at "
+        "--ema-decay", choices=("power", "tf", "none"))
+    ema_power: float = _opt(2 / 3, "exponent of the 'power' EMA warm-up: 2/3 reaches 0.999 at 31.6k steps and 0.9999 "
+                                   "at 1M, 3/4 reaches them at 10k and 215k")
     amp: bool = _opt(False, "mixed precision: bf16 where supported, else fp16 with a gradient scaler")
     hflip: bool = _opt(True, "random horizontal flips")
     seed: int = _opt(0, "random seed; with the same seed a CPU run is reproducible")
+    max_time: float = _opt(0.0, "stop cleanly after this much wall-clock time of this invocation, with a checkpoint "
+                                "and a sample grid (e.g. 2h, 90m, 1h30m, 45s, or seconds; 0: no limit); --resume "
+                                "continues the run", type=parse_duration, metavar="DURATION")
     logging_steps: int = _opt(1000, "write metrics every this many steps")
     checkpoint_every: int = _opt(50_000, "save a checkpoint every this many steps", flag="--checkpoint")
     keep_checkpoints: int = _opt(3, "keep the newest K checkpoints")
@@ -128,13 +169,13 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> "RunConfig":
-        """Inverse of :meth:`to_dict`; unknown keys are an error, missing keys take defaults."""
+        """Inverse of :meth:`to_dict`; unknown keys are an error, missing keys take :data:`LEGACY_DEFAULTS`, else
+        the field defaults."""
         try:
             return cls(
                 preset=data.get("preset", "seed"),
-                model=_from_dict(ModelConfig, data.get("model", {})),
-                diffusion=_from_dict(DiffusionConfig, data.get("diffusion", {})),
-                train=_from_dict(TrainConfig, data.get("train", {})),
+                **{name: _from_dict(section, {**LEGACY_DEFAULTS.get(name, {}), **data.get(name, {})})
+                   for name, section in SECTIONS.items()},
             )
         except TypeError as exc:
             raise ConfigError(f"config does not match this version of ddpm: {exc}") from None
@@ -150,6 +191,12 @@ def _from_dict(cls, data: dict):
 
 
 SECTIONS: dict[str, type] = {"model": ModelConfig, "diffusion": DiffusionConfig, "train": TrainConfig}
+
+# Fields added after checkpoints were already written, with the value that reproduces what such an older checkpoint
+# was trained with: a key missing from a saved config takes this, not today's default, so a resume stays exact.
+LEGACY_DEFAULTS: dict[str, dict[str, Any]] = {
+    "train": {"ema_warmup": "tf"},
+}
 
 # Each preset is a set of overrides of the field defaults (which are the `seed` preset).
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
@@ -219,6 +266,7 @@ def validate(config: RunConfig) -> None:
     non_negative = {
         "--warmup-steps": t.warmup_steps, "--grad-clip": t.grad_clip, "--weight-decay": t.weight_decay,
         "--sample-every": t.sample_every, "--num-workers": t.num_workers, "--fid-every": t.fid_every,
+        "--max-time": t.max_time,
     }
     for flag, value in non_negative.items():
         if value < 0:
@@ -241,6 +289,8 @@ def validate(config: RunConfig) -> None:
         raise ConfigError(f"--dropout must be in [0, 1), got {m.dropout}")
     if not 0 <= t.ema_decay < 1:
         raise ConfigError(f"--ema-decay must be in [0, 1), got {t.ema_decay}")
+    if not (math.isfinite(t.ema_power) and t.ema_power > 0):
+        raise ConfigError(f"--ema-power must be a positive number, got {t.ema_power}")
     if not 0 < t.steplr_factor <= 1:
         raise ConfigError(f"--steplr-factor must be in (0, 1], got {t.steplr_factor}")
     if not m.ch_mult or any(c <= 0 for c in m.ch_mult):

@@ -25,6 +25,14 @@ def add_compile_argument(parser: argparse.ArgumentParser) -> None:
                              "a minute of compilation; images equal the uncompiled ones up to float rounding")
 
 
+def add_amp_argument(parser: argparse.ArgumentParser) -> None:
+    """``--amp`` for the commands that sample (training's own flag comes from :class:`ddpm.config.TrainConfig`)."""
+    parser.add_argument("--amp", action="store_true",
+                        help="run the network under bfloat16 autocast (float16 on GPUs without bfloat16): several "
+                             "times faster on recent GPUs; the sampler's arithmetic stays float32, and images differ "
+                             "from float32 ones by a few levels of 255")
+
+
 def flag_name(field: dataclasses.Field) -> str:
     return field.metadata.get("flag") or "--" + field.name.replace("_", "-")
 
@@ -33,6 +41,21 @@ def _base_type(hint: Any) -> type:
     """int for ``int``, ``tuple[int, ...]`` and ``int | None``; likewise for the other scalar types."""
     args = [a for a in typing.get_args(hint) if a is not type(None) and a is not Ellipsis]
     return _base_type(args[0]) if args else hint
+
+
+def _argparse_type(convert):
+    """``convert`` with its ValueError shown as argparse's one-line usage error, message and all."""
+    if convert in (int, float, str):
+        return convert
+
+    def parse(text: str):
+        try:
+            return convert(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    parse.__name__ = convert.__name__
+    return parse
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
@@ -50,7 +73,8 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
             if kind is bool:
                 kwargs["action"] = argparse.BooleanOptionalAction
             else:
-                kwargs.update(type=kind, metavar=field.name.upper())
+                kwargs.update(type=_argparse_type(field.metadata.get("type", kind)),
+                              metavar=field.metadata.get("metavar", field.name.upper()))
                 if field.metadata.get("choices"):
                     kwargs.update(choices=field.metadata["choices"], metavar="{" + ",".join(field.metadata["choices"]) + "}")
                 if field.metadata.get("nargs"):
