@@ -158,8 +158,8 @@ def _train_and_save_weights(out: Path, argv: list[str]) -> int:
 
     run = train.Trainer.run
 
-    def run_then_save(self, data):
-        stopped = run(self, data)
+    def run_then_save(self, data, started=None):
+        stopped = run(self, data, started)
         torch.save({"model": self.model.state_dict(), "ema": self.ema.state_dict()["model"]},
                    out / f"rank{self.dist.rank}.pt")
         return stopped

@@ -21,6 +21,7 @@ class DistInfo:
     local_rank: int
     world_size: int
     device: torch.device
+    launched: bool = False  # started by torchrun, even as its only process: DDP and collectives are on
 
     @property
     def is_main(self) -> bool:
@@ -28,7 +29,7 @@ class DistInfo:
 
     @property
     def enabled(self) -> bool:
-        return self.world_size > 1
+        return self.world_size > 1 or self.launched
 
 
 def resolve_device(choice: str, local_rank: int = 0) -> torch.device:
@@ -42,16 +43,22 @@ def resolve_device(choice: str, local_rank: int = 0) -> torch.device:
     return torch.device("cpu")
 
 
+def amp_dtype(device: torch.device) -> torch.dtype:
+    """The autocast dtype of ``--amp``: bfloat16 where the device has it (CPUs, Ampere and later GPUs), else float16."""
+    return torch.bfloat16 if device.type != "cuda" or torch.cuda.is_bf16_supported() else torch.float16
+
+
 def init_distributed(device_choice: str) -> DistInfo:
     """Join the process group torchrun describes (if any) and pick this rank's device."""
+    launched = "WORLD_SIZE" in os.environ
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
     device = resolve_device(device_choice, local_rank)
-    if world_size > 1 and not dist.is_initialized():
+    if launched and not dist.is_initialized():
         if device.type == "cuda":
             torch.cuda.set_device(device)
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo", device_id=device if device.type == "cuda" else None)
-    return DistInfo(rank, local_rank, world_size, device)
+    return DistInfo(rank, local_rank, world_size, device, launched)
 
 
 def barrier(info: DistInfo) -> None:

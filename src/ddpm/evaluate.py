@@ -30,7 +30,7 @@ MIN_SAMPLES = 4
 
 def sample_features(model: torch.nn.Module, diffusion: GaussianDiffusion, num_samples: int, sampler: str,
                     steps: int, seed: int = 0, batch_size: int = 64, device: torch.device | None = None,
-                    keep_dir: str | Path | None = None, progress: bool = True) -> np.ndarray:
+                    keep_dir: str | Path | None = None, progress: bool = True, amp: bool = False) -> np.ndarray:
     """Inception pool3 features (N, 2048) of ``num_samples`` images drawn with seeds ``seed .. seed + N - 1``.
 
     Each batch is scored as soon as it is sampled; with ``keep_dir`` it is also written there as PNGs named by
@@ -51,7 +51,7 @@ def sample_features(model: torch.nn.Module, diffusion: GaussianDiffusion, num_sa
                 save_png(image, image_path(folder, s))
 
     generate(model, diffusion, range(seed, seed + num_samples), batch_size, on_batch, sampler, steps,
-             device=device, progress=progress)
+             device=device, progress=progress, amp=amp)
     return features
 
 
@@ -79,13 +79,13 @@ def score(features: np.ndarray, reference: FeatureStats, seed: int = 0,
 
 def evaluate(model: torch.nn.Module, diffusion: GaussianDiffusion, reference: FeatureStats, num_samples: int,
              sampler: str, steps: int, seed: int = 0, batch_size: int = 64, device: torch.device | None = None,
-             keep_dir: str | Path | None = None, progress: bool = True) -> dict[str, Any]:
+             keep_dir: str | Path | None = None, progress: bool = True, amp: bool = False) -> dict[str, Any]:
     """Sample ``num_samples`` images with ``sampler`` in ``steps`` steps and score them against ``reference``.
 
     ``reference`` comes from :func:`ddpm.metrics.load_source` (built-in CIFAR-10 statistics are cached after the
     first use). Returns ``fid``, ``kid``, ``kid_std``, ``precision``, ``recall`` (see :func:`score`) with
-    ``sampler``, ``steps`` (= network evaluations per image for these samplers), ``num_samples``, ``seed`` and
-    ``wall_sec`` (sampling, features and metrics), ready to be logged as one JSON line.
+    ``sampler``, ``steps`` (= network evaluations per image for these samplers), ``num_samples``, ``seed``, ``amp``
+    (the network under bfloat16 autocast, see :func:`ddpm.generate.generate`) and ``wall_sec`` (sampling, features and metrics), ready to be logged as one JSON line.
     """
     if num_samples < MIN_SAMPLES:
         raise ConfigError(f"evaluation needs at least {MIN_SAMPLES} samples (precision/recall use the 3rd nearest "
@@ -93,9 +93,9 @@ def evaluate(model: torch.nn.Module, diffusion: GaussianDiffusion, reference: Fe
     device = device or next(model.parameters()).device
     start = time.perf_counter()
     features = sample_features(model, diffusion, num_samples, sampler, steps, seed, batch_size, device, keep_dir,
-                               progress)
+                               progress, amp)
     metrics = score(features, reference, seed, device.type)
-    return {"sampler": sampler, "steps": steps, "num_samples": num_samples, "seed": seed, **metrics,
+    return {"sampler": sampler, "steps": steps, "num_samples": num_samples, "seed": seed, "amp": amp, **metrics,
             "wall_sec": time.perf_counter() - start}
 
 

@@ -18,6 +18,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from ddpm.diffusion import GaussianDiffusion
+from ddpm.distributed import amp_dtype
 
 
 def to_uint8(x: torch.Tensor) -> torch.Tensor:
@@ -39,9 +40,10 @@ def save_png(image: np.ndarray, path: Path) -> None:
 def generate(model: torch.nn.Module, diffusion: GaussianDiffusion, seeds: Sequence[int], batch_size: int,
              on_batch: Callable[[list[int], torch.Tensor], None], sampler: str = "ddim", steps: int | None = None,
              eta: float = 0.0, clip_denoised: bool = True, device: torch.device | None = None,
-             progress: bool = True) -> float:
+             progress: bool = True, amp: bool = False) -> float:
     """Sample one image per seed and hand each batch to ``on_batch(seeds, uint8 NHWC images)``.
 
+    ``amp`` runs the network under autocast (bfloat16 where supported); the sampler's own arithmetic stays float32.
     Returns the images per second achieved.
     """
     device = device or next(model.parameters()).device
@@ -51,8 +53,9 @@ def generate(model: torch.nn.Module, diffusion: GaussianDiffusion, seeds: Sequen
     for i in range(0, len(seeds), batch_size):
         chunk = list(seeds[i:i + batch_size])
         generators = [torch.Generator(device).manual_seed(s) for s in chunk]
-        x = diffusion.sample(model, (len(chunk), c, r, r), sampler=sampler, steps=steps, eta=eta,
-                             clip_denoised=clip_denoised, generator=generators, device=device)
+        with torch.autocast(device.type, dtype=amp_dtype(device), enabled=amp):
+            x = diffusion.sample(model, (len(chunk), c, r, r), sampler=sampler, steps=steps, eta=eta,
+                                 clip_denoised=clip_denoised, generator=generators, device=device)
         on_batch(chunk, to_uint8(x))
         bar.update(len(chunk))
     bar.close()

@@ -28,10 +28,10 @@ from tqdm.auto import tqdm
 
 from ddpm import __version__
 from ddpm.checkpoint import atomic_write, list_checkpoints, load_latest, save_checkpoint
-from ddpm.config import RunConfig, make_config
+from ddpm.config import RunConfig, format_duration, make_config
 from ddpm.data import StepBatches, derive_seed, iterate_batches, open_training_data, to_model_range
 from ddpm.diffusion import GaussianDiffusion
-from ddpm.distributed import DistInfo, any_rank, barrier, cleanup, init_distributed
+from ddpm.distributed import DistInfo, amp_dtype, any_rank, barrier, cleanup, init_distributed
 from ddpm.ema import EMA
 from ddpm.errors import ConfigError, DDPMError
 from ddpm.unet import UNet, count_parameters
@@ -40,7 +40,7 @@ from ddpm.unet import UNet, count_parameters
 MUTABLE_ON_RESUME = {
     "total_steps", "logging_steps", "checkpoint_every", "keep_checkpoints", "sample_every", "sample_steps",
     "num_workers", "device", "compile", "channels_last", "skip_bad_images", "max_bad_steps", "data_dir",
-    "save_model", "grad_checkpoint", "fid_every", "fid_samples", "fid_sampler", "fid_steps", "fid_reference",
+    "save_model", "grad_checkpoint", "max_time", "fid_every", "fid_samples", "fid_sampler", "fid_steps", "fid_reference",
 }
 SAMPLE_GRID = 64
 FID_METRICS = ("fid", "kid", "kid_std", "precision", "recall")  # what --fid-every logs
@@ -147,14 +147,13 @@ class Trainer:
         self.model = UNet(m).to(self.device)
         if t.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
-        self.ema = EMA(self.model, t.ema_decay)
+        self.ema = EMA(self.model, t.ema_decay, t.ema_warmup, t.ema_power)
         self.optimizer = make_optimizer(self.model.parameters(), config, self.device)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer,
             lambda step: lr_factor(step, t.total_steps, t.warmup_steps, t.lr_schedule, t.steplr_steps, t.steplr_factor),
         )
-        bf16 = self.device.type == "cpu" or torch.cuda.is_bf16_supported()
-        self.amp_dtype = (torch.bfloat16 if bf16 else torch.float16) if t.amp else None
+        self.amp_dtype = amp_dtype(self.device) if t.amp else None
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
         self.step, self.elapsed, self.skipped = 0, 0.0, 0
         if state is not None:
@@ -168,6 +167,8 @@ class Trainer:
         if t.compile:
             self.train_model = torch.compile(self.train_model)
         self.generator = torch.Generator(self.device)
+        self.out_of_time = False
+        self.last_grid: Path | None = None
 
     # ---------------------------------------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:
@@ -223,9 +224,15 @@ class Trainer:
         return loss.detach(), grad_norm if finite else float("nan")
 
     # ---------------------------------------------------------------------------------------------- the run
-    def run(self, data) -> int | None:
-        """Train until ``total_steps``; returns the signal number if stopped by SIGINT/SIGTERM, else None."""
+    def run(self, data, started: float | None = None) -> int | None:
+        """Train until ``total_steps`` or ``max_time`` after ``started`` (a ``time.monotonic()``, default now).
+
+        Returns the signal number if stopped by SIGINT/SIGTERM, else None; :attr:`out_of_time` says whether the
+        time budget ended the run. Either way the last step is checkpointed and, unless sample grids are off, drawn.
+        """
         t = self.config.train
+        started = time.monotonic() if started is None else started
+        self.out_of_time = False
         batches = StepBatches(len(data), t.batch_size, t.seed, self.dist.rank, self.dist.world_size)
         main = self.dist.is_main
         reference = self._fid_reference() if t.fid_every and main else None  # fails now, not after hours
@@ -264,17 +271,21 @@ class Trainer:
                         mean_loss = window_loss / window_steps if window_steps else float("nan")  # all skipped
                         self._log_metrics(writer, bar, mean_loss, grad_norm, rate)
                         window_loss, window_steps, window_time = 0.0, 0, 0.0
-                    if t.sample_every and self.step % t.sample_every == 0 and main:
+                    last = self.step == t.total_steps
+                    self.out_of_time = bool(t.max_time) and any_rank(self.dist, time.monotonic() - started >= t.max_time)
+                    if t.sample_every and main and (self.step % t.sample_every == 0 or last or self.out_of_time):
                         self._sample_grid(writer)
                     if t.fid_every and self.step % t.fid_every == 0:
                         if main:
                             self._log_fid(writer, reference)
                         barrier(self.dist)  # the other ranks wait here rather than in the next all-reduce
-                    if self.step % t.checkpoint_every == 0 or self.step == t.total_steps:
+                    if self.step % t.checkpoint_every == 0 or last or self.out_of_time:
                         self.save()
+                    if self.out_of_time:
+                        break
                     if any_rank(self.dist, stop.signum is not None):
                         stopped = stop.signum or signal.SIGTERM
-                        if self.step % t.checkpoint_every and self.step != t.total_steps:
+                        if self.step % t.checkpoint_every and not last:
                             self.save()
                         break
                     step_start = time.perf_counter()
@@ -327,7 +338,7 @@ class Trainer:
 
         t = self.config.train
         result = evaluate(self.ema.model, self.diffusion, reference, t.fid_samples, t.fid_sampler, t.fid_steps,
-                          seed=t.seed, device=self.device, progress=False)
+                          seed=t.seed, device=self.device, progress=False, amp=t.amp)
         record = {"step": self.step, "weights": "ema", "reference": t.fid_reference, **result}
         append_record(self.run_dir, record)
         self._append_metrics({"step": self.step, **{k: result[k] for k in FID_METRICS}})
@@ -338,20 +349,24 @@ class Trainer:
                  f"{t.fid_steps} steps, {result['wall_sec']:.0f} s)")
 
     @torch.no_grad()
-    def _sample_grid(self, writer) -> None:
+    def _sample_grid(self, writer) -> Path:
         """DDIM samples of the EMA weights from fixed noise, so grids of successive steps are comparable."""
         from torchvision.utils import make_grid, save_image
 
         t, m = self.config.train, self.config.model
         generator = torch.Generator().manual_seed(t.seed)
         shape = (SAMPLE_GRID, m.in_channels, m.resolution, m.resolution)
-        x = self.diffusion.sample(self.ema.model, shape, sampler="ddim", steps=min(t.sample_steps, self.diffusion.timesteps),
-                                  generator=generator, device=self.device)
+        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+            x = self.diffusion.sample(self.ema.model, shape, sampler="ddim",
+                                      steps=min(t.sample_steps, self.diffusion.timesteps), generator=generator,
+                                      device=self.device)
         grid = make_grid((x.float().cpu() + 1) / 2, nrow=int(math.sqrt(SAMPLE_GRID)))
         out = self.run_dir / "samples"
         out.mkdir(exist_ok=True)
-        save_image(grid, out / f"step-{self.step:08d}.png")
+        self.last_grid = out / f"step-{self.step:08d}.png"
+        save_image(grid, self.last_grid)
         writer.add_image("samples/ema", grid.clamp(0, 1), self.step)
+        return self.last_grid
 
 
 def prepare_run(preset: str | None, overrides: dict[str, dict[str, Any]], resume: bool,
@@ -386,6 +401,7 @@ def train(config: RunConfig, state: dict | None = None, log=print) -> int:
 
 
 def _train(config: RunConfig, state: dict | None, dist: DistInfo, log) -> int:
+    started = time.monotonic()  # --max-time counts from here: data loading and compilation included
     t = config.train
     run_dir = Path(t.save_model)
     if dist.is_main:
@@ -394,7 +410,8 @@ def _train(config: RunConfig, state: dict | None, dist: DistInfo, log) -> int:
         except OSError as exc:
             raise ConfigError(f"cannot create run directory {run_dir}: {exc.strerror}") from None
         atomic_write(run_dir / "config.json", lambda f: f.write(json.dumps(config.to_dict(), indent=2).encode()))
-    log(f"rank {dist.rank} of world size {dist.world_size} on {dist.device}")
+    backend = f" ({torch.distributed.get_backend()} DistributedDataParallel)" if dist.enabled else ""
+    log(f"rank {dist.rank} of world size {dist.world_size} on {dist.device}{backend}")
     # Rank 0 downloads/decodes first so that the others find the data in place.
     data = open_training_data(t.data_dir, config.model.resolution, t.skip_bad_images, t.num_workers) if dist.is_main else None
     barrier(dist)
@@ -403,10 +420,19 @@ def _train(config: RunConfig, state: dict | None, dist: DistInfo, log) -> int:
     trainer = Trainer(config, dist, state, log)
     log(f"data: {data.description}")
     log(f"model: {count_parameters(trainer.model):,} parameters ({config.preset} preset); run directory {run_dir}")
-    stopped = trainer.run(data)
+    if t.max_time:
+        log(f"time budget: {format_duration(t.max_time)} of wall-clock time, then a checkpoint and a sample grid")
+    stopped = trainer.run(data, started)
+    grid = f"; samples: {trainer.last_grid}" if trainer.last_grid else ""
     if stopped is not None:
         log(f"stopped by {signal.Signals(stopped).name} at step {trainer.step}; checkpoint saved in {run_dir}; "
             "continue with --resume")
         return 128 + stopped
-    log(f"done: {trainer.step} steps in {trainer.elapsed / 3600:.2f} h; checkpoints in {run_dir}")
+    images = trainer.step * t.batch_size
+    summary = f"{trainer.step} steps ({images:,} images) in {format_duration(trainer.elapsed)} of training"
+    if trainer.out_of_time:
+        log(f"time budget of {format_duration(t.max_time)} reached: {summary}; checkpoint in {run_dir}{grid}; "
+            "continue with --resume")
+    else:
+        log(f"done: {summary}; checkpoints in {run_dir}{grid}")
     return 0

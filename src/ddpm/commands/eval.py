@@ -15,7 +15,7 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
-from ddpm.commands.options import add_compile_argument, positive_int
+from ddpm.commands.options import add_amp_argument, add_compile_argument, positive_int
 from ddpm.samplers import SAMPLERS
 
 EXAMPLE = """examples:
@@ -62,6 +62,7 @@ def register(subparsers) -> None:
     parser.add_argument("--keep-samples", default=None, metavar="DIR",
                         help="also write the samples as PNGs named by seed; a sweep writes DIR/<sampler>-<steps>/")
     add_compile_argument(parser)
+    add_amp_argument(parser)
     parser.set_defaults(func=run)
 
 
@@ -108,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
         if args.keep_samples:
             keep = Path(args.keep_samples) / f"{args.sampler}-{steps}" if sweep else Path(args.keep_samples)
         result = evaluate(model, loaded.diffusion, reference, args.num_samples, args.sampler, steps, args.seed,
-                          args.batch_size, device, keep)
+                          args.batch_size, device, keep, amp=args.amp)
         record = {"checkpoint": str(loaded.source.resolve()), "step": loaded.step, "weights": loaded.weights,
                   **result, "reference": reference_name, "reference_images": reference.num_images,
                   "time": datetime.now(timezone.utc).isoformat(timespec="seconds")}

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ddpm.commands.options import add_compile_argument
+from ddpm.commands.options import add_amp_argument, add_compile_argument
 from ddpm.samplers import SAMPLERS
 
 
@@ -40,6 +40,7 @@ def register(subparsers) -> None:
     parser.add_argument("--no-clip", action="store_true", help="do not clip the predicted x0 to [-1, 1]")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="device")
     add_compile_argument(parser)
+    add_amp_argument(parser)
     parser.set_defaults(func=run)
 
 
@@ -103,7 +104,8 @@ def run(args: argparse.Namespace) -> int:
 
         model = torch.compile(loaded.model) if args.compile else loaded.model
         rate = generate(model, loaded.diffusion, todo, args.batch_size, on_batch, args.sampler,
-                        args.sampling_steps, args.eta, not args.no_clip, dist.device, progress=dist.is_main)
+                        args.sampling_steps, args.eta, not args.no_clip, dist.device, progress=dist.is_main,
+                        amp=args.amp)
         barrier(dist)
         if not dist.is_main:
             return 0
