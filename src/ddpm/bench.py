@@ -171,6 +171,10 @@ def run_benchmark(config: RunConfig, steps: int, warmup: int, ddim_steps: int = 
         forward_seconds = time.perf_counter() - start
     ddim_seconds = None
     if ddim_steps:
+        # Untimed first: a compiled network recompiles for the sampler's inputs (an NCHW x_T), ~20 s for ho2020.
+        with torch.no_grad(), autocast():
+            trainer.diffusion.sample(net, shape, sampler="ddim", steps=2, generator=g, device=device)
+        synchronize(device)
         start = time.perf_counter()
         with torch.no_grad(), autocast():
             trainer.diffusion.sample(net, shape, sampler="ddim", steps=ddim_steps, generator=g, device=device)
