@@ -7,14 +7,23 @@ float64 closed forms are at ~1e-12.
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pytest
 import torch
 from diffusers import DDPMScheduler
 
-from ddpm.diffusion import GaussianDiffusion
+from ddpm.checkpoint import load_model
+from ddpm.config import PRESETS, RunConfig, make_config
+from ddpm.diffusion import GaussianDiffusion, ScheduleWarning
 from ddpm.errors import ConfigError
+from ddpm.train import resume_config
+from ddpm.unet import UNet
+
+# Many checks here use short explicit beta ranges that stop short of noise on purpose (closed forms at small T);
+# the tests of the warning itself turn it back on.
+pytestmark = pytest.mark.filterwarnings("ignore::ddpm.diffusion.ScheduleWarning")
 
 F64 = dict(dtype=torch.float64)
 
@@ -104,11 +113,133 @@ def test_pinned_schedule_numbers():
 
 @pytest.mark.parametrize("kwargs", [
     dict(timesteps=0), dict(beta_start=0.02, beta_end=1e-4), dict(beta_start=0.0), dict(beta_end=1.0),
-    dict(schedule="quadratic"), dict(variance="learned"),
+    dict(schedule="quadratic"), dict(variance="learned"), dict(timesteps=100, beta_start=0.2),
 ])
 def test_invalid_configuration_raises_config_error(kwargs):
     with pytest.raises(ConfigError):
         GaussianDiffusion(**kwargs)
+
+
+# ---------------------------------------------------------------- reaching noise: x_T ~ N(0, I)
+
+
+def silent(*args, **kwargs) -> GaussianDiffusion:
+    """GaussianDiffusion(*args, **kwargs), failing the test if it warns that x_T is not noise."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ScheduleWarning)
+        return GaussianDiffusion(*args, **kwargs)
+
+
+def test_default_range_at_t1000_is_bit_identical_to_ho():
+    """1000/T = 1 exactly, so the default schedule is still torch.linspace(1e-4, 0.02, 1000) to the last bit."""
+    ho = torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64)
+    for d in (silent(1000), silent(1000, 1e-4, 0.02), GaussianDiffusion.from_config(make_config("ho2020").diffusion)):
+        assert torch.equal(d.betas, ho)
+        assert torch.equal(d.alphas_cumprod, torch.cumprod(1 - ho, 0))
+    assert d.alphas_cumprod[-1].item() == pytest.approx(4.0358298e-05, rel=1e-7)
+
+
+@pytest.mark.parametrize("T", [21, 50, 100, 250, 1000, 4000])
+def test_default_range_is_improved_diffusions_scaled_linear_schedule(T):
+    """get_named_beta_schedule("linear", T) of improved-diffusion (Nichol & Dhariwal 2021), written out:
+    np.linspace(1000/T * 1e-4, 1000/T * 0.02, T). Its alpha-bar_T ~ exp(-sum beta) ~ exp(-10.05) at every T."""
+    scale = 1000 / T
+    betas = np.linspace(scale * 0.0001, scale * 0.02, T, dtype=np.float64)
+    d = silent(T)
+    assert d.betas[0].item() == scale * 0.0001 and d.betas[-1].item() == scale * 0.02
+    assert_close(d.betas, betas, rtol=1e-12)
+    assert_close(d.alphas_cumprod, np.cumprod(1 - betas), rtol=1e-12)
+    assert d.alphas_cumprod[-1].item() <= math.exp(-10.05) < 1e-3
+
+
+def test_pinned_alpha_bar_T_of_the_default_range_at_t100():
+    """The tiny preset's schedule: beta from 1e-3 to 0.2; alpha-bar_T = prod(1 - beta_t), computed offline."""
+    d = silent(100)
+    assert (d.betas[0].item(), d.betas[-1].item()) == (0.001, 0.2)
+    assert d.alphas_cumprod[-1].item() == pytest.approx(2.0390090e-05, rel=1e-7)
+
+
+def test_only_an_unset_end_is_scaled():
+    """A given end is used as it is (diffusers' beta_start/beta_end); the other one takes its scaled default."""
+    assert GaussianDiffusion(100, beta_end=0.1).betas[0].item() == 0.001
+    d = silent(100, beta_start=1e-4)
+    assert (d.betas[0].item(), d.betas[-1].item()) == (1e-4, 0.2)
+
+
+@pytest.mark.parametrize("preset", list(PRESETS))
+@pytest.mark.parametrize("schedule", ["linear", "cosine"])
+def test_every_preset_reaches_noise_without_a_warning(preset, schedule):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ScheduleWarning)
+        config = make_config(preset, {"diffusion": {"schedule": schedule}})
+    assert silent(**vars(config.diffusion)).alphas_cumprod[-1].item() <= 1e-3
+
+
+@pytest.mark.parametrize("T", [1, 2, 3, 10, 100, 1000, 4000])
+def test_cosine_schedule_reaches_noise_at_every_T(T):
+    """The last beta is capped at 0.999, so alpha-bar_T = alpha-bar_{T-1} (1 - 0.999) <= 1e-3 (= at T = 1)."""
+    abar_T = silent(T, schedule="cosine").alphas_cumprod[-1].item()
+    assert abar_T == pytest.approx(1e-3, rel=1e-12) if T == 1 else abar_T < 1e-3
+
+
+@pytest.mark.parametrize("T, beta_start, beta_end", [(100, 1e-4, 0.02), (50, 1e-3, 0.2), (10, 1e-3, 0.1)])
+def test_a_schedule_that_keeps_signal_warns_with_what_it_means_and_what_to_change(T, beta_start, beta_end):
+    abar_T = float(np.prod(1 - np.linspace(beta_start, beta_end, T)))
+    assert abar_T > 1e-3
+    with pytest.warns(ScheduleWarning) as record:
+        GaussianDiffusion(T, beta_start, beta_end)
+    assert len(record) == 1
+    message = str(record[0].message)
+    for text in (f"beta = {beta_start:g} -> {beta_end:g} over T = {T} steps", f"alpha-bar_T = {abar_T:.3g}",
+                 f"x_T keeps sqrt(alpha-bar_T) = {math.sqrt(abar_T):.0%} of the image's signal",
+                 "sampling starts from pure noise", "leave --beta-start and --beta-end unset", "1000/T",
+                 "--time-steps", "retrain"):
+        assert text in message, text
+    assert record[0].filename == __file__  # points at the line that made the schedule
+
+
+def test_the_old_tiny_schedule_warns_with_its_numbers():
+    """The tiny preset before the 1000/T scaling: 1e-4 -> 0.02 over 100 steps kept 60% of the image in x_T."""
+    with pytest.warns(ScheduleWarning, match=r"alpha-bar_T = 0\.364: x_T keeps sqrt\(alpha-bar_T\) = 60% "):
+        GaussianDiffusion(100, 1e-4, 0.02)
+
+
+def test_the_warning_threshold_is_alpha_bar_T_of_1e_3():
+    """The explicit range 1e-3 -> b over T = 60 steps crosses alpha-bar_T = 1e-3 between b = 0.21 and 0.22."""
+    assert silent(60, 1e-3, 0.22).alphas_cumprod[-1].item() < 1e-3
+    with pytest.warns(ScheduleWarning):
+        assert GaussianDiffusion(60, 1e-3, 0.21).alphas_cumprod[-1].item() > 1e-3
+
+
+def test_the_default_range_cannot_be_scaled_below_t21():
+    """0.02 x 1000/T reaches 1 at T = 20: the error says why and what to do instead."""
+    with pytest.raises(ConfigError, match=r"got 0\.005 and 1 \(unset, they are .* 1000/T = 50: give both"):
+        GaussianDiffusion(20)
+    with pytest.raises(ConfigError, match="--time-steps or --schedule cosine"):
+        make_config("tiny", {"diffusion": {"timesteps": 20}})
+    assert silent(20, schedule="cosine").timesteps == 20
+    assert silent(20, 1e-3, 0.6).alphas_cumprod[-1].item() < 1e-3
+
+
+OLD_TINY_DIFFUSION = {"timesteps": 100, "beta_start": 0.0001, "beta_end": 0.02, "schedule": "linear",
+                      "variance": "fixed_large"}  # the config a tiny checkpoint saved before the 1000/T scaling
+
+
+def test_a_checkpoint_from_before_the_scaling_keeps_its_schedule_and_warns(tmp_path):
+    """Saved configs always hold numbers for beta_start/beta_end, so an old T = 100 checkpoint rebuilds the schedule
+    it was trained with, exactly, and says that it keeps signal; resuming it keeps that schedule too."""
+    config = make_config("tiny")
+    old = {**config.to_dict(), "diffusion": OLD_TINY_DIFFUSION}
+    torch.save({"model": UNet(config.model).state_dict(), "config": old, "step": 7}, tmp_path / "ckpt-00000007.pt")
+    with pytest.warns(ScheduleWarning, match="alpha-bar_T = 0.364"):
+        loaded = load_model(tmp_path / "ckpt-00000007.pt")
+    assert torch.equal(loaded.diffusion.betas, torch.linspace(1e-4, 0.02, 100, dtype=torch.float64))
+    with pytest.warns(ScheduleWarning):
+        resumed = resume_config(RunConfig.from_dict(old), "tiny", {"train": {"total_steps": 400}})
+    assert (resumed.diffusion.beta_start, resumed.diffusion.beta_end) == (1e-4, 0.02)
+    # A new config saves None, so it rebuilds the scaled range from its own T.
+    new = RunConfig.from_dict(config.to_dict())
+    assert new.diffusion.beta_start is None and silent(**vars(new.diffusion)).betas[-1].item() == 0.2
 
 
 # ---------------------------------------------------------------- posterior coefficients

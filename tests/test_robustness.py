@@ -32,7 +32,7 @@ from conftest import TINY, write_cifar10
 from ddpm.checkpoint import list_checkpoints, load_checkpoint
 from ddpm.cli import main
 from ddpm.config import make_config
-from ddpm.diffusion import GaussianDiffusion
+from ddpm.diffusion import GaussianDiffusion, ScheduleWarning
 from ddpm.errors import ConfigError
 from ddpm.unet import UNet
 
@@ -350,6 +350,13 @@ def test_skip_bad_images_warns_naming_the_file_and_trains(cli, image_folder, tmp
     assert "(12 images)" in out  # the 12 good ones
 
 
+def test_a_beta_range_that_keeps_signal_in_x_T_warns_before_training(cli):
+    with pytest.warns(ScheduleWarning, match=r"over T = 100 steps ends at alpha-bar_T = 0\.364: x_T keeps"):
+        code, out, err = cli("train", "--preset", "tiny", "--beta-start", "1e-4", "--beta-end", "0.02", "--dry-run")
+    assert code == 0, err
+    assert '"beta_end": 0.02' in out
+
+
 # ------------------------------------------------------------------------------------------------ bad input
 @pytest.fixture
 def bad(trained, tmp_path) -> dict[str, Path]:
@@ -390,6 +397,8 @@ CATALOGUE = {
     "nf 0": (_train_args("--nf", "0"), ["--nf must be positive"]),
     "beta start >= end": (_train_args("--beta-start", "0.02", "--beta-end", "0.01"), ["--beta-start < --beta-end"]),
     "beta end >= 1": (_train_args("--beta-end", "1.5"), ["--beta-end < 1", "1.5"]),
+    "default beta range at T <= 20": (_train_args("--time-steps", "10"), ["--beta-end < 1", "1000/T = 100",
+                                                                          "--schedule cosine"]),
     "resolution not halvable": (_train_args("--resolution", "36"), ["--resolution 36 cannot be halved 3 times"]),
     "nf GroupNorm cannot divide": (_train_args("--nf", "12"), ["GroupNorm with 8 groups cannot divide 12"]),
     "unknown preset": (_train_args("--preset", "huge"), ["--preset", "invalid choice", "huge"]),
@@ -484,8 +493,9 @@ INVALID = {
     ("train", "warmup_steps"): st.integers(max_value=-1),
     ("train", "grad_clip"): st.floats(max_value=-1e-9) | st.sampled_from([math.nan, math.inf]),
     ("train", "weight_decay"): st.floats(max_value=-1e-9) | st.sampled_from([math.nan, math.inf]),
-    ("diffusion", "beta_start"): st.floats(max_value=0) | st.floats(min_value=0.02) | st.just(math.nan),  # end: 0.02
-    ("diffusion", "beta_end"): st.floats(min_value=1) | st.floats(max_value=1e-4) | st.just(math.nan),  # start: 1e-4
+    # tiny's T = 100 scales the unset end to 0.02 x 1000/T = 0.2, the unset start to 1e-4 x 1000/T = 1e-3.
+    ("diffusion", "beta_start"): st.floats(max_value=0) | st.floats(min_value=0.2) | st.just(math.nan),
+    ("diffusion", "beta_end"): st.floats(min_value=1) | st.floats(max_value=1e-3) | st.just(math.nan),
     ("train", "lr"): st.floats(max_value=0) | st.floats(min_value=1) | st.just(math.nan),
     ("model", "dropout"): st.floats(max_value=-1e-9) | st.floats(min_value=1) | st.just(math.nan),
     ("train", "ema_decay"): st.floats(max_value=-1e-9) | st.floats(min_value=1) | st.just(math.nan),

@@ -85,8 +85,12 @@ class DiffusionConfig:
     """The forward process q(x_t | x_0) and the reverse-process variance (Ho et al. 2020, sec. 2-3)."""
 
     timesteps: int = _opt(1000, "diffusion steps T", flag="--time-steps")
-    beta_start: float = _opt(1e-4, "beta_1 of the linear schedule")
-    beta_end: float = _opt(0.02, "beta_T of the linear schedule")
+    # None scales Ho et al.'s range to T, so that x_T is noise at any T; a number is used as given (see
+    # ddpm.diffusion.linear_beta_range). Checkpoints saved before the scaling hold numbers: they keep their schedule.
+    beta_start: float | None = _opt(None, "beta_1 of the linear schedule, used as given; None: 1e-4 x 1000/T, Ho et "
+                                          "al.'s value for T = 1000 scaled to reach noise at any T (Nichol & Dhariwal)")
+    beta_end: float | None = _opt(None, "beta_T of the linear schedule, used as given; None: 0.02 x 1000/T, Ho et "
+                                        "al.'s value for T = 1000 scaled to reach noise at any T (Nichol & Dhariwal)")
     schedule: str = _opt("linear", "noise schedule", choices=("linear", "cosine"))
     variance: str = _opt(
         "fixed_large",
@@ -216,7 +220,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     # A few hundred thousand parameters: CPU smoke runs, tests and the tutorial.
     "tiny": {
         "model": dict(nf=16, ch_mult=(1, 2, 2), attn_resolutions=(8,), norm_groups=8, time_emb_dim=64, dropout=0.0),
-        "diffusion": dict(timesteps=100),
+        "diffusion": dict(timesteps=100),  # the unset beta range scales to 1e-3 -> 0.2: alpha-bar_T = 2e-5
         "train": dict(
             optimizer="adamw", lr=1e-3, batch_size=16, warmup_steps=10, total_steps=200, ema_decay=0.99,
             logging_steps=10, checkpoint_every=100, sample_every=100, sample_steps=20, num_workers=0,
@@ -249,7 +253,8 @@ def num_downsamples(model: ModelConfig) -> int:
 
 
 def validate(config: RunConfig) -> None:
-    """Refuse configurations that would crash later or train something silently wrong."""
+    """Refuse configurations that would crash later or train something silently wrong; warn about a schedule whose
+    x_T is not pure noise (:class:`ddpm.diffusion.ScheduleWarning`), which old checkpoints may still hold."""
     m, d, t = config.model, config.diffusion, config.train
     positive = {
         "--time-steps": d.timesteps, "--total-steps": t.total_steps, "--batch-size": t.batch_size,
@@ -275,14 +280,15 @@ def validate(config: RunConfig) -> None:
         raise ConfigError(f"--fid-samples must be at least 4, got {t.fid_samples}")
     if m.nf < 4:  # the sinusoidal timestep embedding has nf/2 frequencies spaced over (nf/2 - 1) intervals
         raise ConfigError(f"--nf must be at least 4 (the timestep embedding needs 2 frequencies), got {m.nf}")
-    floats = (d.beta_start, d.beta_end, t.lr, m.dropout, t.ema_decay, t.grad_clip, t.weight_decay)
+    betas = [b for b in (d.beta_start, d.beta_end) if b is not None]
+    floats = (*betas, t.lr, m.dropout, t.ema_decay, t.grad_clip, t.weight_decay)
     if not all(math.isfinite(v) for v in floats):
         raise ConfigError("--beta-start, --beta-end, --lr, --dropout, --ema-decay, --grad-clip and --weight-decay "
                           "must be finite numbers")
-    if not (0 < d.beta_start < d.beta_end < 1):
-        raise ConfigError(
-            f"need 0 < --beta-start < --beta-end < 1, got {d.beta_start} and {d.beta_end}"
-        )
+    from ddpm.diffusion import GaussianDiffusion  # ddpm.diffusion imports this module
+
+    # Building the schedule refuses a linear beta range outside (0, 1) and warns when x_T is not pure noise.
+    GaussianDiffusion.from_config(d)
     if not 0 < t.lr < 1:
         raise ConfigError(f"--lr must be in (0, 1), got {t.lr}")
     if not 0 <= m.dropout < 1:

@@ -9,6 +9,7 @@ Schedules and posterior coefficients are kept in float64 and cast to the data's 
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Callable
 
 import torch
@@ -18,6 +19,36 @@ from ddpm.config import DiffusionConfig
 from ddpm.errors import ConfigError
 
 Model = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+# Ho et al.'s linear range, chosen for T = 1000 steps (sec. 4).
+HO_BETA_START, HO_BETA_END, HO_TIMESTEPS = 1e-4, 0.02, 1000
+# Every sampler starts from x_T ~ N(0, I); past this alpha-bar_T, x_T keeps over sqrt(1e-3) = 3% of the image.
+MAX_ALPHA_BAR_T = 1e-3
+
+
+class ScheduleWarning(UserWarning):
+    """A noise schedule whose x_T still holds part of the image, so training and sampling disagree."""
+
+
+def linear_beta_range(timesteps: int, beta_start: float | None = None,
+                      beta_end: float | None = None) -> tuple[float, float]:
+    """beta_1 and beta_T of the linear schedule over T = ``timesteps`` steps.
+
+    An end left None is Ho et al.'s value for T = 1000 times 1000/T, improved-diffusion's
+    ``get_named_beta_schedule("linear")`` (Nichol & Dhariwal 2021): sum_t beta_t is then 10.05 for every T, and
+    alpha-bar_T <= exp(-sum_t beta_t) = 4.3e-5, so x_T is N(0, I) at any T; at T = 1000 the factor is exactly 1.
+    A given end is used as it is, as diffusers' ``beta_start``/``beta_end`` are. Raises ConfigError unless
+    0 < beta_1 < beta_T < 1.
+    """
+    scale = HO_TIMESTEPS / timesteps
+    start = scale * HO_BETA_START if beta_start is None else beta_start
+    end = scale * HO_BETA_END if beta_end is None else beta_end
+    if not 0 < start < end < 1:
+        unset = "" if beta_start is not None and beta_end is not None else (
+            f" (unset, they are Ho et al.'s {HO_BETA_START:g} and {HO_BETA_END:g} times 1000/T = {scale:g}: give both, "
+            "more --time-steps or --schedule cosine)")
+        raise ConfigError(f"need 0 < --beta-start < --beta-end < 1, got {start:g} and {end:g}{unset}")
+    return start, end
 
 
 def linear_betas(timesteps: int, beta_start: float, beta_end: float) -> torch.Tensor:
@@ -43,13 +74,16 @@ class GaussianDiffusion:
     The network is passed to each method, never owned, so any ``model(x_t, t) -> eps`` works.
     """
 
-    def __init__(self, timesteps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02,
+    def __init__(self, timesteps: int = 1000, beta_start: float | None = None, beta_end: float | None = None,
                  schedule: str = "linear", variance: str = "fixed_large"):
+        """``beta_start``/``beta_end``: see :func:`linear_beta_range` (None: Ho et al.'s range scaled to T).
+
+        Warns (:class:`ScheduleWarning`) when alpha-bar_T > :data:`MAX_ALPHA_BAR_T`.
+        """
         if timesteps <= 0:
             raise ConfigError(f"timesteps must be positive, got {timesteps}")
         if schedule == "linear":
-            if not 0 < beta_start < beta_end < 1:
-                raise ConfigError(f"need 0 < beta_start < beta_end < 1, got {beta_start} and {beta_end}")
+            beta_start, beta_end = linear_beta_range(timesteps, beta_start, beta_end)
             betas = linear_betas(timesteps, beta_start, beta_end)
         elif schedule == "cosine":
             betas = cosine_betas(timesteps)
@@ -70,10 +104,29 @@ class GaussianDiffusion:
         self.posterior_mean_coef1 = betas * self.alphas_cumprod_prev.sqrt() / (1.0 - self.alphas_cumprod)
         self.posterior_mean_coef2 = (1.0 - self.alphas_cumprod_prev) * self.alphas.sqrt() / (1.0 - self.alphas_cumprod)
         self._device_cache: dict[tuple[str, torch.device], torch.Tensor] = {}
+        self._check_reaches_noise()
 
     @classmethod
     def from_config(cls, config: DiffusionConfig) -> "GaussianDiffusion":
         return cls(config.timesteps, config.beta_start, config.beta_end, config.schedule, config.variance)
+
+    def _check_reaches_noise(self) -> None:
+        """Warn when x_T = sqrt(alpha-bar_T) x_0 + sqrt(1 - alpha-bar_T) eps (eq. 4) is not pure noise.
+
+        Only a linear range can fail: the cosine schedule caps its last beta at 0.999, so alpha-bar_T <= 1e-3.
+        """
+        abar_T = self.alphas_cumprod[-1].item()
+        # isclose: at T = 1 the cosine cap makes alpha-bar_T = 1 - 0.999, which rounds to 1e-3 + 9e-19.
+        if abar_T <= MAX_ALPHA_BAR_T or math.isclose(abar_T, MAX_ALPHA_BAR_T):
+            return
+        warnings.warn(
+            f"the {self.schedule} schedule beta = {self.betas[0].item():g} -> {self.betas[-1].item():g} over "
+            f"T = {self.timesteps} steps ends at alpha-bar_T = {abar_T:.3g}: x_T keeps sqrt(alpha-bar_T) = "
+            f"{math.sqrt(abar_T):.0%} of the image's signal, while sampling starts from pure noise N(0, I), so "
+            "training and sampling disagree; leave --beta-start and --beta-end unset (their defaults scale with "
+            "1000/T and reach noise at any T), or raise them or --time-steps until alpha-bar_T <= "
+            f"{MAX_ALPHA_BAR_T:g}. A model trained on this schedule keeps it: retrain it to fix its samples.",
+            ScheduleWarning, stacklevel=3)
 
     def _extract(self, name: str, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         """``self.<name>[t]`` as a (B, 1, 1, ...) tensor in ``like``'s dtype, cached per device."""

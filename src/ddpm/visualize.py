@@ -152,8 +152,8 @@ def snr(diffusion: GaussianDiffusion) -> torch.Tensor:
     return diffusion.alphas_cumprod / (1 - diffusion.alphas_cumprod)
 
 
-def forward_figure(images: torch.Tensor, timesteps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02,
-                   seed: int = 0) -> Figure:
+def forward_figure(images: torch.Tensor, timesteps: int = 1000, beta_start: float | None = None,
+                   beta_end: float | None = None, seed: int = 0) -> Figure:
     """q(x_t | x_0) of ``images`` (uint8) at :data:`FORWARD_TIMESTEPS` for the linear and cosine schedules, with
     alpha-bar_t and SNR(t) of both below.
 

@@ -11,6 +11,7 @@ See docs/guide.md for each figure next to the equation it illustrates.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
 
 from ddpm.commands.options import positive_int
@@ -48,8 +49,9 @@ def register(subparsers) -> None:
     forward.add_argument("--resolution", type=positive_int, default=32, help="images are resized to this side")
     forward.add_argument("--time-steps", type=positive_int, default=diffusion.timesteps,
                          help="T; the columns t = 0 100 250 500 750 999 are scaled to T")
-    forward.add_argument("--beta-start", type=float, default=diffusion.beta_start, help="beta_1 of the linear schedule")
-    forward.add_argument("--beta-end", type=float, default=diffusion.beta_end, help="beta_T of the linear schedule")
+    help_of = {field.name: field.metadata["help"] for field in dataclasses.fields(DiffusionConfig)}
+    forward.add_argument("--beta-start", type=float, default=diffusion.beta_start, help=help_of["beta_start"])
+    forward.add_argument("--beta-end", type=float, default=diffusion.beta_end, help=help_of["beta_end"])
     forward.add_argument("--seed", type=int, default=0, help="seed of the noise eps, the same in every panel")
 
     def add_checkpoint(sub: argparse.ArgumentParser) -> None:
