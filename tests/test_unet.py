@@ -8,7 +8,8 @@ import torch
 from torch import nn
 
 import ddpm.unet as unet_module
-from ddpm.unet import AttentionBlock, Downsample, ResBlock, Upsample, count_parameters, create_model, timestep_embedding
+from ddpm.unet import (AttentionBlock, Downsample, ResBlock, UNet, Upsample, count_parameters, create_model,
+                       timestep_embedding)
 
 HO2020_PARAMETERS = 35_746_307
 
@@ -71,6 +72,46 @@ def test_ho2020_parameter_count_shape_and_attention():
     assert all(isinstance(m.conv, nn.Conv2d) and m.conv.kernel_size == (3, 3) and m.conv.stride == (2, 2)
                for m in model.modules() if isinstance(m, Downsample))
     assert all(m.kind == "block" and m.conv.kernel_size == (3, 3) for m in model.modules() if isinstance(m, Upsample))
+
+
+def test_ho2020_has_ho_et_al_tensorflow_details():
+    """GroupNorm epsilon 1e-6 everywhere and 'SAME' padding of the down-sampling convolutions, as in their code."""
+    model = create_model("ho2020")
+    assert {m.eps for m in model.modules() if isinstance(m, nn.GroupNorm)} == {1e-6}
+    assert all(m.same and m.conv.padding == (0, 0) for m in model.modules() if isinstance(m, Downsample))
+    assert {m.eps for m in create_model("seed").modules() if isinstance(m, nn.GroupNorm)} == {1e-5}
+
+
+def test_a_config_from_before_the_tensorflow_options_rebuilds_its_network():
+    """Checkpoints written before norm_eps, downsample_padding, attention_head_dim and the embedding options
+    existed lack those keys; the field defaults are the network they were trained as, even for ho2020."""
+    from ddpm.config import RunConfig, make_config
+
+    old = make_config("ho2020").to_dict()
+    for key in ("norm_eps", "downsample_padding", "attention_head_dim", "time_cos_first", "time_freq_shift"):
+        del old["model"][key]
+    model = UNet(RunConfig.from_dict(old).model)
+    assert {m.eps for m in model.modules() if isinstance(m, nn.GroupNorm)} == {1e-5}
+    assert all(not m.same and m.conv.padding == (1, 1) for m in model.modules() if isinstance(m, Downsample))
+    assert (model.time_embed.cos_first, model.time_embed.freq_shift) == (False, 1)
+    assert {m.heads for m in model.modules() if isinstance(m, AttentionBlock)} == {1}
+
+
+@pytest.mark.parametrize("size", [4, 8, 32])
+def test_same_padding_is_tensorflows(size):
+    """TensorFlow's 'SAME' for a k3 s2 convolution: out = ceil(n / 2), total padding max((out - 1) * 2 + 3 - n, 0),
+    of which floor(total / 2) before and the rest after (tf.nn.convolution's documentation); for the even sizes
+    a UNet sees, 0 before and 1 after."""
+    torch.manual_seed(0)
+    down = Downsample(4, "block", "same")
+    x = torch.randn(1, 4, size, size)
+    out = -(-size // 2)
+    total = max((out - 1) * 2 + 3 - size, 0)
+    before, after = total // 2, total - total // 2
+    expected = torch.nn.functional.conv2d(torch.nn.functional.pad(x, (before, after, before, after)),
+                                          down.conv.weight, down.conv.bias, stride=2)
+    assert (before, after) == (0, 1)
+    torch.testing.assert_close(down(x), expected, rtol=0, atol=0)
 
 
 def test_ho2020_parameter_count_matches_diffusers_ddpm_cifar10_architecture():
@@ -148,18 +189,24 @@ def test_seed_resampling_layers():
 # ---------------------------------------------------------------- time conditioning
 
 
-@pytest.mark.parametrize("dim", [16, 128, 64])
-def test_timestep_embedding_matches_diffusers(dim):
-    """Ho et al.'s sinusoids: frequencies 10000^(-i/(half-1)), sines then cosines = diffusers'
-    get_timestep_embedding(flip_sin_to_cos=False, downscale_freq_shift=1)."""
+@pytest.mark.parametrize("dim", [16, 128, 64, 33])
+@pytest.mark.parametrize("cos_first, shift", [(False, 1), (True, 0), (True, 1), (False, 0)])
+def test_timestep_embedding_matches_diffusers(dim, cos_first, shift):
+    """Ho et al.'s sinusoids (the default): frequencies 10000^(-i/(half-1)), sines then cosines = diffusers'
+    get_timestep_embedding(flip_sin_to_cos=False, downscale_freq_shift=1); the other orders and shifts are
+    diffusers' too."""
     from diffusers.models.embeddings import get_timestep_embedding
 
     t = torch.tensor([0, 1, 2, 17, 500, 999])
-    ours = timestep_embedding(t, dim)
-    ref = get_timestep_embedding(t, dim, flip_sin_to_cos=False, downscale_freq_shift=1)
+    ours = timestep_embedding(t, dim, cos_first=cos_first, freq_shift=shift)
+    ref = get_timestep_embedding(t, dim, flip_sin_to_cos=cos_first, downscale_freq_shift=shift)
     assert ours.shape == (6, dim)
     torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)
-    assert ours[0, : dim // 2].abs().max() == 0 and torch.all(ours[0, dim // 2:] == 1)
+    sines, cosines = (slice(dim // 2, 2 * (dim // 2)), slice(0, dim // 2)) if cos_first else (
+        slice(0, dim // 2), slice(dim // 2, 2 * (dim // 2)))
+    assert ours[0, sines].abs().max() == 0 and torch.all(ours[0, cosines] == 1)
+    if (cos_first, shift) == (False, 1):
+        assert torch.equal(ours, timestep_embedding(t, dim))
 
 
 def test_output_depends_on_the_timestep():

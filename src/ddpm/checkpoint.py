@@ -7,6 +7,7 @@ ever appears complete, and loading takes the newest by step (``latest`` names it
 falling back to older ones with a warning when a file was damaged afterwards. Files are read with
 ``torch.load(weights_only=True)`` and the config inside is plain data, so a checkpoint from elsewhere cannot
 execute code. ``export`` writes the EMA weights as safetensors with the config in the file's metadata.
+:func:`load_model` also reads diffusers folders, translated by :mod:`ddpm.diffusers_format`.
 """
 
 from __future__ import annotations
@@ -102,7 +103,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:
-        reason = _load_failure(exc)
+        reason = torch_load_failure(exc)
         if "Unsupported global" in reason:
             raise CheckpointError(f"refusing to load {path}: it holds Python objects other than tensors and plain "
                                   f"data, which could run code ({reason})") from None
@@ -112,7 +113,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     return state
 
 
-def _load_failure(exc: Exception) -> str:
+def torch_load_failure(exc: Exception) -> str:
     """The first sentence of what ``torch.load`` found wrong, without its advice to turn ``weights_only`` off."""
     text = str(exc).partition("WeightsUnpickler error:")[2] or str(exc)
     first = next((line.strip() for line in text.splitlines() if line.strip()), exc.__class__.__name__)
@@ -169,11 +170,21 @@ def _build(config: RunConfig, weights: dict[str, torch.Tensor], source: Path) ->
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu", weights: str = "ema") -> LoadedModel:
-    """Rebuild the network from a run directory (its newest checkpoint), a ``.pt`` checkpoint or an exported
-    ``.safetensors`` file; ``weights`` picks the EMA (default) or the raw training weights."""
+    """Rebuild the network from a run directory (its newest checkpoint), a ``.pt`` checkpoint, an exported
+    ``.safetensors`` file or a diffusers folder; ``weights`` picks the EMA (default) or the raw training weights."""
+    from ddpm import diffusers_format  # it imports this module
+
     path = Path(path)
     if path.suffix == ".safetensors":
         return _load_safetensors(path, device)
+    if diffusers_format.is_diffusers_folder(path):
+        if weights != "ema":
+            raise CheckpointError(f"{path} is a diffusers folder, which holds one set of weights; drop --weights "
+                                  f"{weights}")
+        config, tensors = diffusers_format.read_folder(path)
+        config = _config_from(config.to_dict(), path)
+        model = _build(config, tensors, path).to(device).eval()
+        return LoadedModel(model, GaussianDiffusion.from_config(config.diffusion), config, 0, path, "published")
     if path.is_dir():
         found = load_latest(path)
         if found is None:
@@ -200,27 +211,31 @@ def export_safetensors(source: str | Path, output: str | Path, weights: str = "e
     tensors = {k: v.contiguous() for k, v in loaded.model.state_dict().items()}
     metadata = {"config": json.dumps(loaded.config.to_dict()), "step": str(loaded.step), "weights": loaded.weights,
                 "format": "ddpm"}
-    atomic_write(output, lambda f: f.write(_safetensors_bytes(tensors, metadata)))
+    atomic_write(output, lambda f: f.write(safetensors_bytes(tensors, metadata)))
     return output
 
 
-def _safetensors_bytes(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> bytes:
+def safetensors_bytes(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> bytes:
     from safetensors.torch import save
 
     return save(tensors, metadata=metadata)
 
 
-def _load_safetensors(path: Path, device: str | torch.device) -> LoadedModel:
+def read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """The tensors and the metadata of a safetensors file (a format that holds no code)."""
     from safetensors import SafetensorError, safe_open
 
     if not path.is_file():
         raise CheckpointError(f"{path} does not exist")
     try:
         with safe_open(str(path), framework="pt") as f:
-            metadata = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
+            return {k: f.get_tensor(k) for k in f.keys()}, f.metadata() or {}
     except (SafetensorError, OSError, ValueError) as exc:
         raise CheckpointError(f"{path} is not a readable safetensors file ({exc})") from None
+
+
+def _load_safetensors(path: Path, device: str | torch.device) -> LoadedModel:
+    tensors, metadata = read_safetensors(path)
     if "config" not in metadata:
         raise CheckpointError(f"{path} has no ddpm config in its metadata; export it with `ddpm export`")
     config = _config_from(metadata["config"], path)

@@ -17,6 +17,7 @@ COMMANDS = {
     "train": "train",
     "sample": "sample",
     "export": "export",
+    "import": "import_diffusers",
     "fid": "fid",
     "eval": "eval",
     "bench": "bench",

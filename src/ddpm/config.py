@@ -76,7 +76,22 @@ class ModelConfig:
         "'block': a skip from every block, conv/nearest resampling (Ho et al.)",
         choices=("level", "block"),
     )
-    attention_heads: int = _opt(1, "heads in each self-attention block")
+    attention_heads: int = _opt(1, "heads in each self-attention block (when --attention-head-dim is 0)")
+    attention_head_dim: int = _opt(
+        0, "channels per self-attention head, so that wider blocks get more heads (diffusers' attention_head_dim); "
+           "0: --attention-heads heads in every block")
+    norm_eps: float = _opt(1e-5, "epsilon of every GroupNorm (PyTorch's default; Ho et al.'s TensorFlow code: 1e-6)")
+    downsample_padding: str = _opt(
+        "symmetric",
+        "padding of the stride-2 3x3 down-sampling convolution of 'block' UNets: 'symmetric' (1 pixel on every side) "
+        "or 'same' (TensorFlow's SAME: 1 pixel right and bottom only, as in Ho et al.'s code)",
+        choices=("symmetric", "same"),
+    )
+    time_cos_first: bool = _opt(
+        False, "timestep embedding: cosines before sines (diffusers' flip_sin_to_cos; Ho et al.: sines first)")
+    time_freq_shift: int = _opt(
+        1, "timestep embedding frequencies are 10000^(-i / (nf/2 - shift)), i < nf/2: 1 in Ho et al.'s code, "
+           "0 in Vaswani et al. (diffusers' freq_shift)")
     grad_checkpoint: bool = _opt(False, "recompute residual blocks in the backward pass to save memory")
 
 
@@ -211,6 +226,8 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "model": dict(
             nf=128, ch_mult=(1, 2, 2, 2), num_res_blocks=2, attn_resolutions=(16,), dropout=0.1,
             time_emb_dim=512, activation="silu", norm_groups=32, skip="block",
+            # Ho et al.'s TensorFlow code: GroupNorm epsilon 1e-6 and 'SAME' padding of the stride-2 convolutions.
+            norm_eps=1e-6, downsample_padding="same",
         ),
         "train": dict(
             optimizer="adamw", lr=2e-4, batch_size=128, warmup_steps=5000, grad_clip=1.0,
@@ -278,13 +295,22 @@ def validate(config: RunConfig) -> None:
             raise ConfigError(f"{flag} must be >= 0, got {value}")
     if t.fid_every and t.fid_samples < 4:  # precision/recall use each sample's 3rd nearest neighbour
         raise ConfigError(f"--fid-samples must be at least 4, got {t.fid_samples}")
-    if m.nf < 4:  # the sinusoidal timestep embedding has nf/2 frequencies spaced over (nf/2 - 1) intervals
-        raise ConfigError(f"--nf must be at least 4 (the timestep embedding needs 2 frequencies), got {m.nf}")
+    if not 0 <= m.time_freq_shift < m.nf // 2:  # nf/2 frequencies spaced over (nf/2 - shift) intervals
+        raise ConfigError(f"the timestep embedding needs nf/2 > --time-freq-shift >= 0 (its nf/2 frequencies are "
+                          f"spaced over nf/2 - shift intervals), got --nf {m.nf} and --time-freq-shift "
+                          f"{m.time_freq_shift}")
     betas = [b for b in (d.beta_start, d.beta_end) if b is not None]
-    floats = (*betas, t.lr, m.dropout, t.ema_decay, t.grad_clip, t.weight_decay)
+    floats = (*betas, t.lr, m.dropout, t.ema_decay, t.grad_clip, t.weight_decay, m.norm_eps)
     if not all(math.isfinite(v) for v in floats):
-        raise ConfigError("--beta-start, --beta-end, --lr, --dropout, --ema-decay, --grad-clip and --weight-decay "
-                          "must be finite numbers")
+        raise ConfigError("--beta-start, --beta-end, --lr, --dropout, --ema-decay, --grad-clip, --weight-decay and "
+                          "--norm-eps must be finite numbers")
+    if m.norm_eps <= 0:
+        raise ConfigError(f"--norm-eps must be positive, got {m.norm_eps}")
+    if m.attention_head_dim < 0:
+        raise ConfigError(f"--attention-head-dim must be >= 0, got {m.attention_head_dim}")
+    if m.skip == "level" and m.downsample_padding != "symmetric":
+        raise ConfigError("--downsample-padding applies to the 3x3 down-sampling of --skip block; the k4 convolutions "
+                          "of --skip level always pad symmetrically")
     from ddpm.diffusion import GaussianDiffusion  # ddpm.diffusion imports this module
 
     # Building the schedule refuses a linear beta range outside (0, 1) and warns when x_T is not pure noise.
@@ -320,5 +346,7 @@ def validate(config: RunConfig) -> None:
                 f"GroupNorm with {m.norm_groups} groups cannot divide {c} channels (--nf {m.nf} x --ch-mult); "
                 f"pick --nf divisible by {m.norm_groups} or change --norm-groups"
             )
-        if c % m.attention_heads:
+        if m.attention_head_dim and c % m.attention_head_dim:
+            raise ConfigError(f"--attention-head-dim {m.attention_head_dim} must divide every channel count ({c})")
+        if not m.attention_head_dim and c % m.attention_heads:
             raise ConfigError(f"--attention-heads {m.attention_heads} must divide every channel count ({c})")

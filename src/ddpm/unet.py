@@ -13,6 +13,9 @@ One class, configured by :class:`ddpm.config.ModelConfig`, builds both networks 
 
 In both, attention follows residual blocks only at ``attn_resolutions`` (and always in the bottleneck), and a
 sinusoidal timestep embedding (Vaswani et al. 2017, as in Ho et al.) is projected into every residual block.
+The ``ho2020`` preset is Ho et al.'s function down to their TensorFlow details (GroupNorm epsilon 1e-6, 'SAME'
+padding of the down-sampling convolutions), so the weights they released load into it
+(:mod:`ddpm.diffusers_format`).
 """
 
 from __future__ import annotations
@@ -30,28 +33,33 @@ from ddpm.config import ModelConfig
 ACTIVATIONS = {"relu": nn.ReLU, "silu": nn.SiLU}
 
 
-def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10_000.0) -> torch.Tensor:
+def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10_000.0, cos_first: bool = False,
+                       freq_shift: int = 1) -> torch.Tensor:
     """Sinusoidal embedding of integer timesteps, shape (B,) -> (B, dim) (Vaswani et al. 2017, sec. 3.5).
 
-    Frequencies are ``max_period ** (-i / (half - 1))`` for ``i < half`` as in Ho et al.'s code; sines then cosines.
+    Frequencies are ``max_period ** (-i / (half - freq_shift))`` for ``i < half``; Ho et al.'s code has
+    ``freq_shift = 1`` and sines then cosines. ``cos_first`` and ``freq_shift`` are diffusers' ``flip_sin_to_cos``
+    and ``freq_shift``, which other published models use.
     """
     half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / (half - 1))
-    args = t.float()[:, None] * freqs[None]
-    emb = torch.cat([torch.sin(args), torch.cos(args)], dim=1)
+    exponent = -math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32)
+    args = t.float()[:, None] * torch.exp(exponent / (half - freq_shift))[None]
+    waves = [torch.cos(args), torch.sin(args)] if cos_first else [torch.sin(args), torch.cos(args)]
+    emb = torch.cat(waves, dim=1)
     return F.pad(emb, (0, 1)) if dim % 2 else emb
 
 
 class TimestepEmbedding(nn.Module):
     """t -> sinusoid(nf) -> Linear -> act -> Linear: the conditioning vector shared by all residual blocks."""
 
-    def __init__(self, sinusoid_dim: int, dim: int, act: type[nn.Module]):
+    def __init__(self, sinusoid_dim: int, dim: int, act: type[nn.Module], cos_first: bool = False,
+                 freq_shift: int = 1):
         super().__init__()
-        self.sinusoid_dim = sinusoid_dim
+        self.sinusoid_dim, self.cos_first, self.freq_shift = sinusoid_dim, cos_first, freq_shift
         self.mlp = nn.Sequential(nn.Linear(sinusoid_dim, dim), act(), nn.Linear(dim, dim))
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
-        return self.mlp(timestep_embedding(t, self.sinusoid_dim))
+        return self.mlp(timestep_embedding(t, self.sinusoid_dim, cos_first=self.cos_first, freq_shift=self.freq_shift))
 
 
 class ResBlock(nn.Module):
@@ -62,12 +70,12 @@ class ResBlock(nn.Module):
     """
 
     def __init__(self, in_ch: int, out_ch: int, emb_dim: int, dropout: float, act: type[nn.Module], groups: int,
-                 grad_checkpoint: bool = False):
+                 grad_checkpoint: bool = False, eps: float = 1e-5):
         super().__init__()
-        self.in_layers = nn.Sequential(nn.GroupNorm(groups, in_ch), act(), nn.Conv2d(in_ch, out_ch, 3, padding=1))
+        self.in_layers = nn.Sequential(nn.GroupNorm(groups, in_ch, eps), act(), nn.Conv2d(in_ch, out_ch, 3, padding=1))
         self.emb_proj = nn.Sequential(act(), nn.Linear(emb_dim, out_ch))
         self.out_layers = nn.Sequential(
-            nn.GroupNorm(groups, out_ch), act(), nn.Dropout(dropout), nn.Conv2d(out_ch, out_ch, 3, padding=1)
+            nn.GroupNorm(groups, out_ch, eps), act(), nn.Dropout(dropout), nn.Conv2d(out_ch, out_ch, 3, padding=1)
         )
         nn.init.zeros_(self.out_layers[-1].weight)
         nn.init.zeros_(self.out_layers[-1].bias)
@@ -91,10 +99,10 @@ class AttentionBlock(nn.Module):
     The output projection starts at zero, weight and bias, so the block starts as the identity.
     """
 
-    def __init__(self, ch: int, heads: int, groups: int):
+    def __init__(self, ch: int, heads: int, groups: int, eps: float = 1e-5):
         super().__init__()
         self.heads = heads
-        self.norm = nn.GroupNorm(groups, ch)
+        self.norm = nn.GroupNorm(groups, ch, eps)
         self.qkv = nn.Conv2d(ch, 3 * ch, 1)
         self.proj = nn.Conv2d(ch, ch, 1)
         nn.init.zeros_(self.proj.weight)
@@ -109,14 +117,20 @@ class AttentionBlock(nn.Module):
 
 
 class Downsample(nn.Module):
-    """Halve the resolution: Conv2d k4 s2 p1 (``learned``) or Conv2d k3 s2 p1 (Ho et al.)."""
+    """Halve the resolution: Conv2d k4 s2 p1 (``level``) or Conv2d k3 s2 (``block``, Ho et al.).
 
-    def __init__(self, ch: int, kind: str):
+    The k3 convolution pads one pixel on every side (``padding="symmetric"``) or, like TensorFlow's 'SAME' padding
+    in Ho et al.'s code, one pixel on the right and bottom only (``padding="same"``): the output pixel (i, j) then
+    sees input pixels 2i..2i+2 instead of 2i-1..2i+1.
+    """
+
+    def __init__(self, ch: int, kind: str, padding: str = "symmetric"):
         super().__init__()
-        self.conv = nn.Conv2d(ch, ch, 4, 2, 1) if kind == "level" else nn.Conv2d(ch, ch, 3, 2, 1)
+        self.same = kind == "block" and padding == "same"
+        self.conv = nn.Conv2d(ch, ch, 4, 2, 1) if kind == "level" else nn.Conv2d(ch, ch, 3, 2, 0 if self.same else 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(x)
+        return self.conv(F.pad(x, (0, 1, 0, 1)) if self.same else x)
 
 
 class Upsample(nn.Module):
@@ -152,12 +166,13 @@ class UNet(nn.Module):
         act = ACTIVATIONS[c.activation]
 
         def res(i: int, o: int) -> ResBlock:
-            return ResBlock(i, o, c.time_emb_dim, c.dropout, act, c.norm_groups, c.grad_checkpoint)
+            return ResBlock(i, o, c.time_emb_dim, c.dropout, act, c.norm_groups, c.grad_checkpoint, c.norm_eps)
 
         def attn(ch: int) -> AttentionBlock:
-            return AttentionBlock(ch, c.attention_heads, c.norm_groups)
+            heads = ch // c.attention_head_dim if c.attention_head_dim else c.attention_heads
+            return AttentionBlock(ch, heads, c.norm_groups, c.norm_eps)
 
-        self.time_embed = TimestepEmbedding(c.nf, c.time_emb_dim, act)
+        self.time_embed = TimestepEmbedding(c.nf, c.time_emb_dim, act, c.time_cos_first, c.time_freq_shift)
         # Encoder and decoder are lists of stages; an encoder stage may push its output onto the skip stack and
         # a decoder stage may pop one and concatenate it to its input. `skip_ch` tracks the stack's channels.
         encoder: list[tuple[Stage, bool]] = [(Stage(nn.Conv2d(c.in_channels, c.nf, 3, padding=1)), c.skip == "block")]
@@ -174,7 +189,7 @@ class UNet(nn.Module):
                     skip_ch.append(out)
                     ch = out
                 if level != last:
-                    encoder.append((Stage(Downsample(ch, "block")), True))
+                    encoder.append((Stage(Downsample(ch, "block", c.downsample_padding)), True))
                     skip_ch.append(ch)
                     res_now //= 2
             else:
@@ -219,7 +234,8 @@ class UNet(nn.Module):
         self.push = tuple(flag for _, flag in encoder)
         self.decoder = nn.ModuleList(stage for stage, _ in decoder)
         self.pop = tuple(flag for _, flag in decoder)
-        self.out = nn.Sequential(nn.GroupNorm(c.norm_groups, ch), act(), nn.Conv2d(ch, c.in_channels, 3, padding=1))
+        self.out = nn.Sequential(nn.GroupNorm(c.norm_groups, ch, c.norm_eps), act(),
+                                 nn.Conv2d(ch, c.in_channels, 3, padding=1))
         nn.init.zeros_(self.out[-1].weight)
         nn.init.zeros_(self.out[-1].bias)
 

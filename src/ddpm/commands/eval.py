@@ -1,7 +1,8 @@
 """``ddpm eval CHECKPOINT``: sample N images and score them (FID, KID, precision/recall) against a reference.
 
 Samples are scored batch by batch as they are drawn (no PNGs unless --keep-samples). Each evaluated step count
-prints one summary line and appends one JSON line to eval.jsonl in the checkpoint's folder (the run directory):
+prints one summary line and appends one JSON line to eval.jsonl in the checkpoint's folder (the run directory, or
+the diffusers folder itself):
 checkpoint, step, weights, sampler, steps, N, FID, KID, KID std, precision, recall, wall time and reference.
 A comma list of step counts is a sweep: every point uses the same seeds, and FID against network evaluations
 (NFE, = steps for these samplers) is plotted to fid_vs_nfe.png in the run directory.
@@ -15,7 +16,7 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
-from ddpm.commands.options import add_amp_argument, add_compile_argument, positive_int
+from ddpm.commands.options import MODEL_SOURCES, add_amp_argument, add_compile_argument, positive_int
 from ddpm.samplers import SAMPLERS
 
 EXAMPLE = """examples:
@@ -39,8 +40,7 @@ def register(subparsers) -> None:
 
     parser = subparsers.add_parser("eval", help="sample from a checkpoint and compute FID, KID, precision/recall",
                                    description=__doc__, epilog=EXAMPLE, formatter_class=HelpFormatter)
-    parser.add_argument("checkpoint", metavar="CHECKPOINT",
-                        help="run directory (its newest checkpoint), checkpoint .pt or exported .safetensors")
+    parser.add_argument("checkpoint", metavar="CHECKPOINT", help=MODEL_SOURCES)
     parser.add_argument("--num-samples", type=positive_int, default=50_000, metavar="N",
                         help="images to sample per step count (papers: 50,000; FID is biased upwards for fewer)")
     parser.add_argument("--sampler", choices=SAMPLERS, default="ddpm",
@@ -95,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     loaded = load_model(args.checkpoint, device, args.weights)
     check_steps(loaded.diffusion, args.sampler, args.sampling_steps)
-    run_dir = loaded.source.parent
+    run_dir = loaded.source if loaded.source.is_dir() else loaded.source.parent  # a diffusers folder is its own
     print(f"{loaded.source} (step {loaded.step}, {loaded.weights} weights); results go to {run_dir}",
           file=sys.stderr)
 

@@ -1,27 +1,38 @@
-"""``ddpm export``: write a run's EMA weights as .safetensors with the config in the file's metadata.
+"""``ddpm export``: write a run's EMA weights in ddpm's own format or as a diffusers ``DDPMPipeline`` folder.
 
-The file alone rebuilds the model: ``ddpm sample --load-model model.safetensors``.
+``--format safetensors`` (default): one .safetensors file with the config in its metadata, which alone rebuilds the
+model: ``ddpm sample --load-model model.safetensors``. ``--format diffusers``: a folder (``model_index.json``,
+``unet/``, ``scheduler/``) that ``diffusers.DDPMPipeline.from_pretrained(DIR)`` loads, for the tools that take
+one; only the ``skip="block"`` networks (the ``ho2020`` family) are ``UNet2DModel``s.
 """
 
 from __future__ import annotations
 
 import argparse
 
+from ddpm.commands.options import MODEL_SOURCES
+
 
 def register(subparsers) -> None:
     from ddpm.cli import HelpFormatter
 
-    parser = subparsers.add_parser("export", help="export weights as safetensors", description=__doc__,
-                                   formatter_class=HelpFormatter)
-    parser.add_argument("run", metavar="RUN", help="run directory (its newest checkpoint) or checkpoint .pt")
-    parser.add_argument("--output", required=True, metavar="FILE.safetensors", help="file to write")
+    parser = subparsers.add_parser("export", help="export weights as safetensors or a diffusers pipeline",
+                                   description=__doc__, formatter_class=HelpFormatter)
+    parser.add_argument("run", metavar="RUN", help=MODEL_SOURCES)
+    parser.add_argument("--output", required=True, metavar="PATH",
+                        help="file to write (safetensors) or folder to write (diffusers)")
+    parser.add_argument("--format", choices=("safetensors", "diffusers"), default="safetensors",
+                        help="ddpm's own .safetensors file, or a diffusers DDPMPipeline folder")
     parser.add_argument("--weights", choices=("ema", "raw"), default="ema", help="EMA or raw training weights")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from ddpm.checkpoint import export_safetensors
+    if args.format == "diffusers":
+        from ddpm.diffusers_format import export_diffusers as export
+    else:
+        from ddpm.checkpoint import export_safetensors as export
 
-    path = export_safetensors(args.run, args.output, args.weights)
+    path = export(args.run, args.output, args.weights)
     print(f"wrote {path}")
     return 0

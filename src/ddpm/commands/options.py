@@ -10,6 +10,10 @@ from typing import Any
 from ddpm.config import PRESETS, SECTIONS
 
 
+# What every command that loads a model accepts (:func:`ddpm.checkpoint.load_model`).
+MODEL_SOURCES = "run directory (its newest checkpoint), checkpoint .pt, exported .safetensors or diffusers folder"
+
+
 def positive_int(text: str) -> int:
     """argparse type of counts (images, batch sizes): an integer >= 1, else argparse's one-line usage error."""
     value = int(text)

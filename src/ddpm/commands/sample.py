@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ddpm.commands.options import add_amp_argument, add_compile_argument
+from ddpm.commands.options import MODEL_SOURCES, add_amp_argument, add_compile_argument
 from ddpm.samplers import SAMPLERS
 
 
@@ -22,8 +22,7 @@ def register(subparsers) -> None:
 
     parser = subparsers.add_parser("sample", help="sample images from a checkpoint", description=__doc__,
                                    formatter_class=HelpFormatter)
-    parser.add_argument("--load-model", required=True, metavar="PATH",
-                        help="run directory (its newest checkpoint), checkpoint .pt or exported .safetensors")
+    parser.add_argument("--load-model", required=True, metavar="PATH", help=MODEL_SOURCES)
     parser.add_argument("--num-samples", type=int, default=64, help="number of images")
     parser.add_argument("--sampler", choices=SAMPLERS, default="ddpm",
                         help="ddpm: ancestral (Ho et al.); ddim: Song et al.; dpm++2m: DPM-Solver++(2M)")

@@ -14,7 +14,7 @@ import argparse
 import dataclasses
 from pathlib import Path
 
-from ddpm.commands.options import positive_int
+from ddpm.commands.options import MODEL_SOURCES, positive_int
 
 EXAMPLES = """examples:
   ddpm visualize forward --data-dir cifar10-jpeg.tar.gz --num-images 4 --output forward.png
@@ -55,8 +55,7 @@ def register(subparsers) -> None:
     forward.add_argument("--seed", type=int, default=0, help="seed of the noise eps, the same in every panel")
 
     def add_checkpoint(sub: argparse.ArgumentParser) -> None:
-        sub.add_argument("checkpoint", metavar="CHECKPOINT",
-                         help="run directory (its newest checkpoint), checkpoint .pt or exported .safetensors")
+        sub.add_argument("checkpoint", metavar="CHECKPOINT", help=MODEL_SOURCES)
         sub.add_argument("--weights", choices=("ema", "raw"), default="ema", help="EMA or raw training weights")
         sub.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                          help="device (auto: CUDA when available)")
@@ -98,8 +97,7 @@ def register(subparsers) -> None:
     architecture = add("architecture", "a diagram of the UNet (levels, channels, resolutions, attention, skips), "
                        "drawn by walking the network built from a preset or checkpoint", "architecture.png")
     architecture.add_argument("source", metavar="SOURCE", nargs="?", default="seed",
-                              help=f"a preset ({', '.join(PRESETS)}) or a run directory, checkpoint .pt or "
-                                   ".safetensors")
+                              help=f"a preset ({', '.join(PRESETS)}) or a {MODEL_SOURCES}")
     parser.set_defaults(func=run)
 
 
