@@ -77,15 +77,15 @@ def test_eval_prints_a_summary_logs_a_json_line_and_keeps_the_samples(cli, run: 
 def test_sweep_logs_one_line_per_step_count_and_plots_fid_against_nfe(cli, run: Path, trained: Path, monkeypatch):
     monkeypatch.setattr("ddpm.evaluate.frechet_distance",
                         lambda mu1, sigma1, mu2, sigma2: float(((mu1 - mu2) ** 2).sum()))
-    code, out, err = cli("eval", run, "--num-samples", 4, "--sampling-steps", "2,1", *EVAL,
+    code, out, err = cli("eval", run, "--num-samples", 4, "--sampling-steps", "10,1", *EVAL,
                          "--data-dir", trained / "cifar")
     assert code == 0, err
     records = _records(run)
-    assert [(r["steps"], r["num_samples"], r["step"]) for r in records] == [(2, 4, 4), (1, 4, 4)]
+    assert [(r["steps"], r["num_samples"], r["step"]) for r in records] == [(10, 4, 4), (1, 4, 4)]
     assert records[0]["fid"] != records[1]["fid"] and all(r["fid"] > 0 for r in records)
     assert all(0 <= r["precision"] <= 1 for r in records)  # against a random 4 of the 8 reference images
     lines = out.splitlines()
-    assert [line.split(" | ")[1] for line in lines[:2]] == ["ddim 2 steps", "ddim 1 steps"]
+    assert [line.split(" | ")[1] for line in lines[:2]] == ["ddim 10 steps", "ddim 1 steps"]
     assert lines[2] == f"wrote {run / 'fid_vs_nfe.png'}"
     with Image.open(run / "fid_vs_nfe.png") as plot:
         assert plot.format == "PNG" and plot.width > 300
