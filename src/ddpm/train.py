@@ -349,7 +349,7 @@ class Trainer:
                  f"{t.fid_steps} steps, {result['wall_sec']:.0f} s)")
 
     @torch.no_grad()
-    def _sample_grid(self, writer) -> Path:
+    def _sample_grid(self, writer) -> None:
         """DDIM samples of the EMA weights from fixed noise, so grids of successive steps are comparable."""
         from torchvision.utils import make_grid, save_image
 
@@ -366,7 +366,6 @@ class Trainer:
         self.last_grid = out / f"step-{self.step:08d}.png"
         save_image(grid, self.last_grid)
         writer.add_image("samples/ema", grid.clamp(0, 1), self.step)
-        return self.last_grid
 
 
 def prepare_run(preset: str | None, overrides: dict[str, dict[str, Any]], resume: bool,
