@@ -7,6 +7,7 @@ serves one CPU, one GPU and many nodes.
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -43,9 +44,28 @@ def resolve_device(choice: str, local_rank: int = 0) -> torch.device:
     return torch.device("cpu")
 
 
-def amp_dtype(device: torch.device) -> torch.dtype:
-    """The autocast dtype of ``--amp``: bfloat16 where the device has it (CPUs, Ampere and later GPUs), else float16."""
-    return torch.bfloat16 if device.type != "cuda" or torch.cuda.is_bf16_supported() else torch.float16
+class AmpWarning(UserWarning):
+    """``--amp`` was asked for where mixed precision would be slower than float32, so it is off."""
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether oneDNN computes bfloat16 on this CPU with vector instructions (AVX-512 or AMX on x86, BF16 on Arm)
+    rather than emulating it: the same check PyTorch's own bf16 CPU paths make."""
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def amp_dtype(device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of ``--amp``: bfloat16 where the device has it (CPUs with AVX-512/AMX, Ampere and later
+    GPUs), float16 on older GPUs, and None (float32, with an :class:`AmpWarning`) on a CPU without bf16
+    instructions, where emulated bf16 is far slower than float32 (a training step 20x slower, measured on an
+    AVX2-only AMD EPYC; docs/benchmarks.md)."""
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "cpu" and not cpu_has_native_bf16():
+        warnings.warn("--amp is off: this CPU has no bfloat16 instructions (AVX-512 or AMX), where bf16 runs many "
+                      "times slower than float32; running in float32", AmpWarning, stacklevel=2)
+        return None
+    return torch.bfloat16
 
 
 def init_distributed(device_choice: str) -> DistInfo:

@@ -43,17 +43,18 @@ def generate(model: torch.nn.Module, diffusion: GaussianDiffusion, seeds: Sequen
              progress: bool = True, amp: bool = False) -> float:
     """Sample one image per seed and hand each batch to ``on_batch(seeds, uint8 NHWC images)``.
 
-    ``amp`` runs the network under autocast (bfloat16 where supported); the sampler's own arithmetic stays float32.
+    ``amp`` runs the network under autocast (bfloat16 where the device has it, see :func:`ddpm.distributed.amp_dtype`); the sampler's own arithmetic stays float32.
     Returns the images per second achieved.
     """
     device = device or next(model.parameters()).device
     c, r = model.config.in_channels, model.config.resolution
     bar = tqdm(total=len(seeds), unit="img", disable=not progress, dynamic_ncols=True)
     start = time.perf_counter()
+    dtype = amp_dtype(device) if amp else None
     for i in range(0, len(seeds), batch_size):
         chunk = list(seeds[i:i + batch_size])
         generators = [torch.Generator(device).manual_seed(s) for s in chunk]
-        with torch.autocast(device.type, dtype=amp_dtype(device), enabled=amp):
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
             x = diffusion.sample(model, (len(chunk), c, r, r), sampler=sampler, steps=steps, eta=eta,
                                  clip_denoised=clip_denoised, generator=generators, device=device)
         on_batch(chunk, to_uint8(x))
