@@ -3,7 +3,8 @@
 #
 #   bash docs/figures/make_figures.sh [RUN] [DATA]
 #
-# RUN   a run directory of `ddpm train` (its newest checkpoint is used); default runs/cifar-small
+# RUN   the model: the one shipped with the repository (default, models/ddpm-cifar10-cpu.safetensors), a run
+#       directory of `ddpm train` (its newest checkpoint) or any file `ddpm sample --load-model` takes
 # DATA  the JPEG copy of CIFAR-10, a folder holding train/<class>/*.jpg and test/<class>/*.jpg; default cifar10-jpeg:
 #       mkdir -p cifar10-jpeg && tar xzf ../shared/data/cifar10-jpeg.tar.gz -C cifar10-jpeg
 #
@@ -12,7 +13,7 @@
 # step included): put that step in the captions of docs/guide.md when the figures come from a new checkpoint.
 set -euo pipefail
 
-RUN=${1:-runs/cifar-small}
+RUN=${1:-models/ddpm-cifar10-cpu.safetensors}
 DATA=${2:-cifar10-jpeg}
 [[ -f docs/figures/make_figures.sh ]] || { echo "run this from the root of the repository" >&2; exit 2; }
 

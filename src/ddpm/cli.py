@@ -9,8 +9,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import warnings
 
-from ddpm.errors import DDPMError
+from ddpm.errors import DDPMError, DDPMWarning
 
 # Sub-command name -> module in ddpm.commands defining `register(subparsers)` and `run(args)`.
 COMMANDS = {
@@ -53,8 +54,19 @@ def main(argv: list[str] | None = None) -> int:
         argv.remove(legacy[0])
         argv.insert(0, LEGACY_FLAGS[legacy[0]])
     args = build_parser().parse_args(argv)
+    show = warnings.showwarning
+
+    def show_warning(message, category, *rest, **kwargs):
+        # ddpm's own warnings are one line, like its errors; those of other libraries keep their usual form.
+        if issubclass(category, DDPMWarning):
+            print(f"ddpm {args.command}: warning: {message}", file=sys.stderr)
+        else:
+            show(message, category, *rest, **kwargs)
+
     try:
-        return args.func(args) or 0
+        with warnings.catch_warnings():
+            warnings.showwarning = show_warning
+            return args.func(args) or 0
     except DDPMError as exc:
         print(f"ddpm {args.command}: error: {exc}", file=sys.stderr)
         return exc.exit_code

@@ -234,6 +234,15 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             ema_decay=0.9999, total_steps=800_000, lr_schedule="constant",
         ),
     },
+    # The CPU recipe (issue 10): the best sample quality per CPU-hour among the candidates compared on a 2-core CPU
+    # in docs/benchmarks.md. A 1.4M-parameter network, bf16 autocast, many small AdamW steps; power EMA warm-up.
+    "cpu": {
+        "model": dict(nf=32, ch_mult=(1, 2, 2), attn_resolutions=(8,), norm_groups=8, time_emb_dim=64, dropout=0.0),
+        "train": dict(
+            optimizer="adamw", lr=5e-4, batch_size=64, warmup_steps=200, total_steps=1_000_000, amp=True,
+            logging_steps=100, checkpoint_every=1000, sample_every=1000, sample_steps=50, num_workers=0,
+        ),
+    },
     # A few hundred thousand parameters: CPU smoke runs, tests and the tutorial.
     "tiny": {
         "model": dict(nf=16, ch_mult=(1, 2, 2), attn_resolutions=(8,), norm_groups=8, time_emb_dim=64, dropout=0.0),

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from ddpm.config import DiffusionConfig
-from ddpm.errors import ConfigError
+from ddpm.errors import ConfigError, DDPMWarning
 
 Model = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -26,7 +26,7 @@ HO_BETA_START, HO_BETA_END, HO_TIMESTEPS = 1e-4, 0.02, 1000
 MAX_ALPHA_BAR_T = 1e-3
 
 
-class ScheduleWarning(UserWarning):
+class ScheduleWarning(DDPMWarning):
     """A noise schedule whose x_T still holds part of the image, so training and sampling disagree."""
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from ddpm.errors import ConfigError
+from ddpm.errors import ConfigError, DDPMWarning
 
 
 @dataclass(frozen=True)
@@ -44,7 +44,7 @@ def resolve_device(choice: str, local_rank: int = 0) -> torch.device:
     return torch.device("cpu")
 
 
-class AmpWarning(UserWarning):
+class AmpWarning(DDPMWarning):
     """``--amp`` was asked for where mixed precision would be slower than float32, so it is off."""
 
 

@@ -21,3 +21,7 @@ class CheckpointError(DDPMError):
 
 class OutputError(DDPMError):
     """An output file or folder that cannot be written (a missing folder, a file in the way, a full disk)."""
+
+
+class DDPMWarning(UserWarning):
+    """Something that works but is probably not what the user wants; the CLI prints it as one line."""
