@@ -126,3 +126,13 @@ def test_amp_on_a_cpu_is_bf16_only_where_the_cpu_has_bf16_instructions(monkeypat
     else:
         assert trainer.amp_dtype is None and len(amp_warnings) == 1
         assert "no bfloat16 instructions" in str(amp_warnings[0].message)
+
+
+def test_auto_picks_cuda_then_mps_then_the_cpu(monkeypatch):
+    """The hardware probes are replaced; the choice and --amp's dtype on each device are the code under test."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(distributed, "mps_available", lambda: True)
+    assert distributed.resolve_device("auto") == torch.device("mps")
+    assert distributed.amp_dtype(torch.device("mps")) == torch.float16
+    monkeypatch.setattr(distributed, "mps_available", lambda: False)
+    assert distributed.resolve_device("auto") == torch.device("cpu")

@@ -9,7 +9,8 @@ FLOPs are counted by :class:`torch.utils.flop_counter.FlopCounterMode` (matmuls,
 work is free) on one image; achieved FLOP/s are then set against a large matmul measured on the same device in the
 same dtype, the practical peak. Peak memory on CUDA is ``torch.cuda.max_memory_allocated`` (weights, gradients,
 optimiser state and activations); on the CPU it is how far the process's peak resident set size (``ru_maxrss``) grows
-during the phase, so weights, EMA copy and anything an earlier phase already touched are not counted.
+during the phase, so weights, EMA copy and anything an earlier phase already touched are not counted; on Apple's MPS
+it is the memory the Metal driver holds at the end of the phase (MPS keeps no peak).
 """
 
 from __future__ import annotations
@@ -79,6 +80,8 @@ def synchronize(device: torch.device) -> None:
     """Wait for queued device work, so that wall-clock times cover it."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
 
 
 def matmul_peak(device: torch.device, dtype: torch.dtype, size: int) -> float:
@@ -117,7 +120,8 @@ class PeakMemory:
 
     def __init__(self, device: torch.device):
         self.device, self.bytes = device, 0
-        self.measure = "cuda max_memory_allocated" if device.type == "cuda" else "growth of peak RSS (ru_maxrss)"
+        self.measure = {"cuda": "cuda max_memory_allocated", "mps": "mps driver_allocated_memory at the end"}.get(
+            device.type, "growth of peak RSS (ru_maxrss)")
 
     @staticmethod
     def _max_rss() -> int:
@@ -135,6 +139,8 @@ class PeakMemory:
         synchronize(self.device)
         if self.device.type == "cuda":
             self.bytes = torch.cuda.max_memory_allocated(self.device)
+        elif self.device.type == "mps":  # MPS keeps no peak; Metal's memory is not in the resident set size
+            self.bytes = torch.mps.driver_allocated_memory()
         else:
             self.bytes = self._max_rss() - self._start
 

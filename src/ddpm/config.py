@@ -22,6 +22,9 @@ from ddpm.errors import ConfigError
 _DURATION = re.compile(r"(?:(\d+(?:\.\d*)?)h)?(?:(\d+(?:\.\d*)?)m(?:in)?)?(?:(\d+(?:\.\d*)?)s)?")
 
 
+DEVICES = ("auto", "cpu", "cuda", "mps")
+DEVICE_HELP = "device (auto: CUDA when available, else Apple's MPS, else the CPU)"
+
 def parse_duration(text: str) -> float:
     """Seconds in a duration such as ``2h``, ``90m``, ``1h30m``, ``45s``, ``1.5h`` or a plain number of seconds."""
     text = str(text).strip().lower().replace(" ", "")
@@ -166,7 +169,7 @@ class TrainConfig:
         "statistics are computed once from the pickles in --data-dir or ./data and cached, a folder, an archive, "
         "an .npz of images or of statistics)")
     num_workers: int = _opt(2, "data-loading worker processes (image folders too large for memory)")
-    device: str = _opt("auto", "device", choices=("auto", "cpu", "cuda"))
+    device: str = _opt("auto", DEVICE_HELP, choices=DEVICES)
     compile: bool = _opt(False, "torch.compile the model")
     channels_last: bool = _opt(False, "use the channels_last memory format (faster convolutions on GPUs)")
     skip_bad_images: bool = _opt(False, "warn about unreadable images and skip them instead of stopping")

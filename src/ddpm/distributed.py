@@ -33,14 +33,25 @@ class DistInfo:
         return self.world_size > 1 or self.launched
 
 
+def mps_available() -> bool:
+    """Whether this machine has an Apple-silicon GPU that PyTorch can use (the ``mps`` device)."""
+    return torch.backends.mps.is_available()
+
+
 def resolve_device(choice: str, local_rank: int = 0) -> torch.device:
-    """``auto`` is CUDA when available, else CPU; ``cuda`` without a GPU is an error, not a silent fallback."""
+    """``auto`` is CUDA when available, else Apple's MPS, else the CPU; asking for a device that is not there is an
+    error, not a silent fallback."""
     if choice == "cuda" or (choice == "auto" and torch.cuda.is_available()):
         if not torch.cuda.is_available():
             raise ConfigError("--device cuda was requested but no CUDA GPU is available; use --device cpu")
         return torch.device("cuda", local_rank)
+    if choice == "mps" or (choice == "auto" and mps_available()):
+        if not mps_available():
+            raise ConfigError("--device mps was requested but this machine has no Apple-silicon GPU that PyTorch "
+                              "can use; use --device cpu")
+        return torch.device("mps")
     if choice not in ("auto", "cpu"):
-        raise ConfigError(f"unknown device {choice!r}; choose auto, cpu or cuda")
+        raise ConfigError(f"unknown device {choice!r}; choose auto, cpu, cuda or mps")
     return torch.device("cpu")
 
 
@@ -56,11 +67,13 @@ def cpu_has_native_bf16() -> bool:
 
 def amp_dtype(device: torch.device) -> torch.dtype | None:
     """The autocast dtype of ``--amp``: bfloat16 where the device has it (CPUs with AVX-512/AMX, Ampere and later
-    GPUs), float16 on older GPUs, and None (float32, with an :class:`AmpWarning`) on a CPU without bf16
+    GPUs), float16 on older GPUs and Apple's MPS, and None (float32, with an :class:`AmpWarning`) on a CPU without bf16
     instructions, where emulated bf16 is far slower than float32 (a training step 20x slower, measured on an
     AVX2-only AMD EPYC; docs/benchmarks.md)."""
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "mps":
+        return torch.float16  # with a gradient scaler; Apple GPUs compute bfloat16 only on recent macOS versions
     if device.type == "cpu" and not cpu_has_native_bf16():
         warnings.warn("--amp is off: this CPU has no bfloat16 instructions (AVX-512 or AMX), where bf16 runs many "
                       "times slower than float32; running in float32", AmpWarning, stacklevel=2)

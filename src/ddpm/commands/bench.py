@@ -12,6 +12,7 @@ import dataclasses
 import json
 
 from ddpm.commands.options import add_preset_argument
+from ddpm.config import DEVICE_HELP, DEVICES
 
 EXAMPLE = """examples:
   ddpm bench --preset tiny --device cpu
@@ -26,8 +27,7 @@ def register(subparsers) -> None:
                                    epilog=EXAMPLE, formatter_class=HelpFormatter)
     add_preset_argument(parser)
     parser.add_argument("--batch-size", type=int, default=None, help="images per step; None: the preset's batch size")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
-                        help="device (auto: CUDA when available)")
+    parser.add_argument("--device", choices=DEVICES, default="auto", help=DEVICE_HELP)
     parser.add_argument("--compile", action="store_true", help="torch.compile the model, as `ddpm train --compile`")
     parser.add_argument("--amp", action="store_true",
                         help="mixed precision as `ddpm train --amp` (bf16 where supported, else fp16)")

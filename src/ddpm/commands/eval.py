@@ -17,6 +17,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from ddpm.commands.options import MODEL_SOURCES, add_amp_argument, add_compile_argument, positive_int
+from ddpm.config import DEVICES
 from ddpm.samplers import SAMPLERS
 
 EXAMPLE = """examples:
@@ -57,8 +58,8 @@ def register(subparsers) -> None:
     parser.add_argument("--seed", type=int, default=0, help="image i uses seed SEED + i, at every step count")
     parser.add_argument("--weights", choices=("ema", "raw"), default="ema",
                         help="EMA (what papers report) or raw training weights")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
-                        help="where sampling and Inception run (auto: CUDA when available)")
+    parser.add_argument("--device", choices=DEVICES, default="auto",
+                        help="where sampling and Inception run (auto: CUDA, else MPS, else the CPU)")
     parser.add_argument("--keep-samples", default=None, metavar="DIR",
                         help="also write the samples as PNGs named by seed; a sweep writes DIR/<sampler>-<steps>/")
     add_compile_argument(parser)

@@ -14,6 +14,7 @@ import argparse
 import sys
 
 from ddpm.commands.options import positive_int
+from ddpm.config import DEVICES
 
 
 def register(subparsers) -> None:
@@ -24,8 +25,8 @@ def register(subparsers) -> None:
     parser.add_argument("a", metavar="A", help="images to evaluate (e.g. samples): folder, archive, .npz or built-in")
     parser.add_argument("b", metavar="B", nargs="?", default=None,
                         help="reference images or statistics, same kinds as A; may be omitted with --save-stats")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
-                        help="where the Inception network runs (auto: CUDA when available)")
+    parser.add_argument("--device", choices=DEVICES, default="auto",
+                        help="where the Inception network runs (auto: CUDA, else MPS, else the CPU)")
     parser.add_argument("--batch-size", type=positive_int, default=64, help="images per Inception forward pass")
     parser.add_argument("--data-dir", default=None, metavar="PATH",
                         help="folder with cifar-10-batches-py/ or cifar-10-python.tar.gz for the built-in references; "

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from ddpm.commands.options import MODEL_SOURCES, add_amp_argument, add_compile_argument
+from ddpm.config import DEVICE_HELP, DEVICES
 from ddpm.samplers import SAMPLERS
 
 
@@ -37,7 +38,7 @@ def register(subparsers) -> None:
     parser.add_argument("--npz", default=None, metavar="FILE.npz", help="also write all images as a uint8 .npz")
     parser.add_argument("--weights", choices=("ema", "raw"), default="ema", help="EMA or raw training weights")
     parser.add_argument("--no-clip", action="store_true", help="do not clip the predicted x0 to [-1, 1]")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="device")
+    parser.add_argument("--device", choices=DEVICES, default="auto", help=DEVICE_HELP)
     add_compile_argument(parser)
     add_amp_argument(parser)
     parser.set_defaults(func=run)

@@ -15,6 +15,7 @@ import dataclasses
 from pathlib import Path
 
 from ddpm.commands.options import MODEL_SOURCES, positive_int
+from ddpm.config import DEVICE_HELP, DEVICES
 
 EXAMPLES = """examples:
   ddpm visualize forward --data-dir cifar10-jpeg.tar.gz --num-images 4 --output forward.png
@@ -57,8 +58,7 @@ def register(subparsers) -> None:
     def add_checkpoint(sub: argparse.ArgumentParser) -> None:
         sub.add_argument("checkpoint", metavar="CHECKPOINT", help=MODEL_SOURCES)
         sub.add_argument("--weights", choices=("ema", "raw"), default="ema", help="EMA or raw training weights")
-        sub.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
-                         help="device (auto: CUDA when available)")
+        sub.add_argument("--device", choices=DEVICES, default="auto", help=DEVICE_HELP)
 
     trajectory = add("trajectory", "the reverse process of a checkpoint: x_t and the predicted x_0 every k steps, "
                      "as a strip PNG and an animated GIF", "trajectory.png")
@@ -109,16 +109,6 @@ def _check_output(*paths: str | Path) -> None:
             raise ConfigError(f"cannot write {path}: folder {Path(path).parent} does not exist")
 
 
-def _device(choice: str):
-    import torch
-
-    from ddpm.errors import ConfigError
-
-    if choice == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda: no CUDA device is available; use --device cpu")
-    return torch.device("cuda" if choice != "cpu" and torch.cuda.is_available() else "cpu")
-
-
 def run_forward(args: argparse.Namespace) -> int:
     from ddpm.visualize import forward_figure, load_images, save_figure, scaled_timesteps
 
@@ -133,6 +123,7 @@ def run_forward(args: argparse.Namespace) -> int:
 
 def run_trajectory(args: argparse.Namespace) -> int:
     from ddpm.checkpoint import load_model
+    from ddpm.distributed import resolve_device
     from ddpm.errors import ConfigError
     from ddpm.visualize import (
         every_k, number_of_steps, record_trajectory, save_figure, trajectory_figure, trajectory_gif,
@@ -142,7 +133,7 @@ def run_trajectory(args: argparse.Namespace) -> int:
     _check_output(args.output, gif)
     if args.eta < 0:
         raise ConfigError(f"--eta must be >= 0, got {args.eta}")
-    device = _device(args.device)
+    device = resolve_device(args.device)
     loaded = load_model(args.checkpoint, device, args.weights)
     total = number_of_steps(loaded.diffusion, args.sampler, args.sampling_steps)
     strip = every_k(total, args.every or max(1, round(total / 10)))
@@ -160,10 +151,11 @@ def run_trajectory(args: argparse.Namespace) -> int:
 
 def run_loss_vs_t(args: argparse.Namespace) -> int:
     from ddpm.checkpoint import load_model
+    from ddpm.distributed import resolve_device
     from ddpm.visualize import load_images, loss_figure, loss_per_timestep, save_figure, uniform_t_loss
 
     _check_output(args.output)
-    device = _device(args.device)
+    device = resolve_device(args.device)
     loaded = load_model(args.checkpoint, device, args.weights)
     images, description = load_images(args.data_dir, args.num_images, loaded.config.model.resolution, args.split)
     rows = loss_per_timestep(loaded.model, loaded.diffusion, images, args.buckets, args.batch_size, args.seed, device)
