@@ -86,6 +86,7 @@ def test_max_time_stops_with_a_checkpoint_and_a_grid_and_the_run_resumes(cli, ci
     step = load_checkpoint(last)["step"]
     assert 0 < step < 100_000
     assert f"time budget of 2 s reached: {step} steps ({4 * step:,} images)" in out
+    assert "100%" in err and "of 2 s" in err  # with a budget the progress bar measures time, not total_steps
     grid = run / "samples" / f"step-{step:08d}.png"
     assert grid.is_file() and f"samples: {grid}" in out
     code, out, err = cli("train", *flags, "--total-steps", str(step + 2), "--max-time", "0", "--resume")

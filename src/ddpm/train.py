@@ -237,7 +237,11 @@ class Trainer:
         main = self.dist.is_main
         reference = self._fid_reference() if t.fid_every and main else None  # fails now, not after hours
         writer = self._writer() if main else None
-        bar = tqdm(total=t.total_steps, initial=self.step, disable=not main, dynamic_ncols=True, unit="step")
+        if t.max_time:  # the budget, not total_steps, ends this run: the bar shows the time used and the step
+            bar = tqdm(total=math.ceil(t.max_time), disable=not main, dynamic_ncols=True,
+                       bar_format=f"{{l_bar}}{{bar}}| {{elapsed}} of {format_duration(t.max_time)}{{postfix}}")
+        else:
+            bar = tqdm(total=t.total_steps, initial=self.step, disable=not main, dynamic_ncols=True, unit="step")
         window_loss, window_steps, window_time, bad_in_a_row = 0.0, 0, 0.0, 0
         stopped = None
         try:
@@ -265,7 +269,7 @@ class Trainer:
                                 "lower --lr, a --grad-clip or without --amp (these cannot change on --resume), or "
                                 "--resume with a larger --max-bad-steps if the spike is transient"
                             )
-                    bar.update(1)
+                    bar.update(min(int(time.monotonic() - started), bar.total) - bar.n if t.max_time else 1)
                     if self.step % t.logging_steps == 0 and main:
                         rate = window_steps * t.batch_size / max(window_time, 1e-9)
                         mean_loss = window_loss / window_steps if window_steps else float("nan")  # all skipped
@@ -312,7 +316,7 @@ class Trainer:
         self._append_metrics(record)
         for key in ("loss", "lr", "grad_norm", "images_per_sec"):
             writer.add_scalar(f"train/{key}", record[key], self.step)
-        bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", img_s=f"{rate:.1f}")
+        bar.set_postfix(step=self.step, loss=f"{loss:.4f}", lr=f"{lr:.2e}", img_s=f"{rate:.1f}")
 
     def _fid_reference(self):
         """The statistics ``--fid-every`` compares with, loaded once (built-in ones are cached across runs)."""
