@@ -23,7 +23,7 @@ import time
 import torch
 from diffusers import UNet2DModel
 
-from ddpm.config import make_config
+from ddpm.config import DEVICES, make_config
 from ddpm.diffusion import GaussianDiffusion
 from ddpm.distributed import resolve_device
 from ddpm.train import make_optimizer
@@ -98,7 +98,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="timed rounds per network; the median is reported")
     parser.add_argument("--train-steps", type=int, default=2, help="training steps per round (default: 2)")
     parser.add_argument("--forward-passes", type=int, default=4, help="forward passes per round (default: 4)")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="cpu", help="device (default: cpu)")
+    parser.add_argument("--device", choices=DEVICES, default="cpu", help="device (default: cpu)")
     parser.add_argument("--dtype", choices=tuple(DTYPES), default="fp32",
                         help="fp32, or bf16 autocast as `ddpm train --amp` uses (default: fp32)")
     args = parser.parse_args()

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from ddpm.config import DEVICES
 from ddpm.data import read_images
 from ddpm.metrics import FeatureStats, frechet_distance, inception_features, kernel_inception_distance, precision_recall
 
@@ -53,7 +54,7 @@ def main() -> None:
     parser.add_argument("--archive", default=ARCHIVE, help="the CIFAR-10 JPEG tar.gz")
     parser.add_argument("--per-class", type=int, default=50, help="images per class and split")
     parser.add_argument("--batch-size", type=int, default=50, help="images per Inception pass")
-    parser.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda"), help="where Inception runs")
+    parser.add_argument("--device", default="cpu", choices=DEVICES, help="where Inception runs")
     args = parser.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}")
 

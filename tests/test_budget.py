@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from conftest import TINY
+from ddpm import distributed
 from ddpm.checkpoint import list_checkpoints, load_checkpoint
 from ddpm.config import RunConfig, format_duration, make_config, parse_duration
-from ddpm import distributed
 from ddpm.distributed import DistInfo
 from ddpm.ema import EMA, warmup_decay
 from ddpm.train import Trainer
@@ -86,7 +86,7 @@ def test_max_time_stops_with_a_checkpoint_and_a_grid_and_the_run_resumes(cli, ci
     step = load_checkpoint(last)["step"]
     assert 0 < step < 100_000
     assert f"time budget of 2 s reached: {step} steps ({4 * step:,} images)" in out
-    assert "100%" in err and "of 2 s" in err  # with a budget the progress bar measures time, not total_steps
+    assert "100%" in err and "2/2 s of the time budget" in err  # with a budget the bar measures time, not steps
     grid = run / "samples" / f"step-{step:08d}.png"
     assert grid.is_file() and f"samples: {grid}" in out
     code, out, err = cli("train", *flags, "--total-steps", str(step + 2), "--max-time", "0", "--resume")
@@ -131,8 +131,10 @@ def test_amp_on_a_cpu_is_bf16_only_where_the_cpu_has_bf16_instructions(monkeypat
 
 def test_auto_picks_cuda_then_mps_then_the_cpu(monkeypatch):
     """The hardware probes are replaced; the choice and --amp's dtype on each device are the code under test."""
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(distributed, "mps_available", lambda: True)
+    assert distributed.resolve_device("auto") == torch.device("cuda", 0)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert distributed.resolve_device("auto") == torch.device("mps")
     assert distributed.amp_dtype(torch.device("mps")) == torch.float16
     monkeypatch.setattr(distributed, "mps_available", lambda: False)

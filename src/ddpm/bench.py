@@ -26,7 +26,7 @@ from torch.utils import flop_counter
 from torch.utils.flop_counter import FlopCounterMode
 
 from ddpm.config import RunConfig
-from ddpm.distributed import DistInfo, resolve_device
+from ddpm.distributed import DistInfo, autocast, resolve_device
 from ddpm.errors import ConfigError
 from ddpm.unet import count_parameters
 
@@ -161,7 +161,7 @@ def run_benchmark(config: RunConfig, steps: int, warmup: int, ddim_steps: int = 
     if t.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     timesteps = trainer.diffusion.sample_timesteps(batch, device, g)
-    autocast = partial(torch.autocast, device.type, dtype=trainer.amp_dtype, enabled=trainer.amp_dtype is not None)
+    amp = partial(autocast, device, trainer.amp_dtype)
     net = trainer.train_model  # compiled when --compile
 
     # Sampling first: its forward passes need less memory than training, so the CPU's peak RSS still grows for both.
@@ -171,18 +171,18 @@ def run_benchmark(config: RunConfig, steps: int, warmup: int, ddim_steps: int = 
             if i == warmup:
                 synchronize(device)
                 start = time.perf_counter()
-            with autocast():
+            with amp():
                 net(x, timesteps)
         synchronize(device)
         forward_seconds = time.perf_counter() - start
     ddim_seconds = None
     if ddim_steps:
         # Untimed first: a compiled network recompiles for the sampler's inputs (an NCHW x_T), ~20 s for ho2020.
-        with torch.no_grad(), autocast():
+        with torch.no_grad(), amp():
             trainer.diffusion.sample(net, shape, sampler="ddim", steps=2, generator=g, device=device)
         synchronize(device)
         start = time.perf_counter()
-        with torch.no_grad(), autocast():
+        with torch.no_grad(), amp():
             trainer.diffusion.sample(net, shape, sampler="ddim", steps=ddim_steps, generator=g, device=device)
         synchronize(device)
         ddim_seconds = time.perf_counter() - start

@@ -21,9 +21,9 @@ from ddpm.errors import ConfigError
 
 _DURATION = re.compile(r"(?:(\d+(?:\.\d*)?)h)?(?:(\d+(?:\.\d*)?)m(?:in)?)?(?:(\d+(?:\.\d*)?)s)?")
 
-
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DEVICE_HELP = "device (auto: CUDA when available, else Apple's MPS, else the CPU)"
+
 
 def parse_duration(text: str) -> float:
     """Seconds in a duration such as ``2h``, ``90m``, ``1h30m``, ``45s``, ``1.5h`` or a plain number of seconds."""
@@ -147,7 +147,9 @@ class TrainConfig:
         "--ema-decay", choices=("power", "tf", "none"))
     ema_power: float = _opt(2 / 3, "exponent of the 'power' EMA warm-up: 2/3 reaches 0.999 at 31.6k steps and 0.9999 "
                                    "at 1M, 3/4 reaches them at 10k and 215k")
-    amp: bool = _opt(False, "mixed precision: bf16 where supported, else fp16 with a gradient scaler")
+    amp: bool = _opt(False, "mixed precision: bf16 where the device computes it (GPUs since Ampere, CPUs with "
+                                   "AVX-512/AMX), fp16 with a gradient scaler on older GPUs and MPS; float32, with a "
+                                   "warning, on a CPU without bf16 instructions")
     hflip: bool = _opt(True, "random horizontal flips")
     seed: int = _opt(0, "random seed; with the same seed a CPU run is reproducible")
     max_time: float = _opt(0.0, "stop cleanly after this much wall-clock time of this invocation, with a checkpoint "

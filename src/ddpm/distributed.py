@@ -6,6 +6,7 @@ serves one CPU, one GPU and many nodes.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
 from dataclasses import dataclass
@@ -61,8 +62,11 @@ class AmpWarning(DDPMWarning):
 
 def cpu_has_native_bf16() -> bool:
     """Whether oneDNN computes bfloat16 on this CPU with vector instructions (AVX-512 or AMX on x86, BF16 on Arm)
-    rather than emulating it: the same check PyTorch's own bf16 CPU paths make."""
-    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    rather than emulating it: the same check PyTorch's own bf16 CPU paths make (False on builds without oneDNN)."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
 
 
 def amp_dtype(device: torch.device) -> torch.dtype | None:
@@ -81,12 +85,21 @@ def amp_dtype(device: torch.device) -> torch.dtype | None:
     return torch.bfloat16
 
 
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    """``torch.autocast`` to ``dtype``, or nothing when ``dtype`` is None (float32): older PyTorch versions refuse to
+    build an autocast context for MPS even disabled."""
+    return contextlib.nullcontext() if dtype is None else torch.autocast(device.type, dtype=dtype)
+
+
 def init_distributed(device_choice: str) -> DistInfo:
     """Join the process group torchrun describes (if any) and pick this rank's device."""
     launched = "WORLD_SIZE" in os.environ
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
     device = resolve_device(device_choice, local_rank)
+    if launched and device.type == "mps":
+        raise ConfigError("torchrun with --device mps: PyTorch has no process-group backend for Apple GPUs; run "
+                          "one process without torchrun")
     if launched and not dist.is_initialized():
         if device.type == "cuda":
             torch.cuda.set_device(device)

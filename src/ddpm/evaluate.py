@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from ddpm.diffusion import GaussianDiffusion
+from ddpm.distributed import amp_dtype
 from ddpm.errors import ConfigError
 from ddpm.generate import generate, image_path, save_png
 from ddpm.metrics import FeatureStats, frechet_distance, inception_features, kernel_inception_distance, precision_recall
@@ -85,12 +86,14 @@ def evaluate(model: torch.nn.Module, diffusion: GaussianDiffusion, reference: Fe
     ``reference`` comes from :func:`ddpm.metrics.load_source` (built-in CIFAR-10 statistics are cached after the
     first use). Returns ``fid``, ``kid``, ``kid_std``, ``precision``, ``recall`` (see :func:`score`) with
     ``sampler``, ``steps`` (= network evaluations per image for these samplers), ``num_samples``, ``seed``, ``amp``
-    (the network under bfloat16 autocast, see :func:`ddpm.generate.generate`) and ``wall_sec`` (sampling, features and metrics), ready to be logged as one JSON line.
+    (whether the network ran under autocast, see :func:`ddpm.generate.generate`) and ``wall_sec`` (sampling, features
+    and metrics), ready to be logged as one JSON line.
     """
     if num_samples < MIN_SAMPLES:
         raise ConfigError(f"evaluation needs at least {MIN_SAMPLES} samples (precision/recall use the 3rd nearest "
                           f"neighbour), got {num_samples}")
     device = device or next(model.parameters()).device
+    amp = amp and amp_dtype(device) is not None  # what ran, for the record: off where it would be slower
     start = time.perf_counter()
     features = sample_features(model, diffusion, num_samples, sampler, steps, seed, batch_size, device, keep_dir,
                                progress, amp)

@@ -18,7 +18,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from ddpm.diffusion import GaussianDiffusion
-from ddpm.distributed import amp_dtype
+from ddpm.distributed import amp_dtype, autocast
 
 
 def to_uint8(x: torch.Tensor) -> torch.Tensor:
@@ -43,7 +43,8 @@ def generate(model: torch.nn.Module, diffusion: GaussianDiffusion, seeds: Sequen
              progress: bool = True, amp: bool = False) -> float:
     """Sample one image per seed and hand each batch to ``on_batch(seeds, uint8 NHWC images)``.
 
-    ``amp`` runs the network under autocast (bfloat16 where the device has it, see :func:`ddpm.distributed.amp_dtype`); the sampler's own arithmetic stays float32.
+    ``amp`` runs the network under autocast (bfloat16 where the device has it, see
+    :func:`ddpm.distributed.amp_dtype`); the sampler's own arithmetic stays float32.
     Returns the images per second achieved.
     """
     device = device or next(model.parameters()).device
@@ -54,7 +55,7 @@ def generate(model: torch.nn.Module, diffusion: GaussianDiffusion, seeds: Sequen
     for i in range(0, len(seeds), batch_size):
         chunk = list(seeds[i:i + batch_size])
         generators = [torch.Generator(device).manual_seed(s) for s in chunk]
-        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+        with autocast(device, dtype):
             x = diffusion.sample(model, (len(chunk), c, r, r), sampler=sampler, steps=steps, eta=eta,
                                  clip_denoised=clip_denoised, generator=generators, device=device)
         on_batch(chunk, to_uint8(x))

@@ -94,7 +94,7 @@ def inception_features(images: torch.Tensor, batch_size: int = 64, device: str =
                 x = resize_tf_bilinear(x)
             # channels_last: ~30% more images/s on CPU (oneDNN), features equal to ~1e-6 relative
             x = (x / 128 - 1).contiguous(memory_format=torch.channels_last)
-            out[start:start + len(x)] = net(x).double().cpu().numpy()
+            out[start:start + len(x)] = net(x).cpu().double().numpy()  # MPS has no float64
             bar.update(len(x))
     return out
 
@@ -222,6 +222,8 @@ def precision_recall(real: np.ndarray, fake: np.ndarray, k: int = 3, device: str
         raise DataError(f"precision/recall with k={k} needs at least {k + 1} images per set, "
                         f"got {min(len(real), len(fake))}")
     dev = resolve_device(device)
+    if dev.type == "mps":  # float64 distances; MPS has no float64
+        dev = torch.device("cpu")
     real_t, fake_t = (torch.as_tensor(a, dtype=torch.float64, device=dev) for a in (real, fake))
     real_radii, fake_radii = _knn_radii(real_t, k, block_bytes), _knn_radii(fake_t, k, block_bytes)
     fake_in_real = torch.zeros(len(fake_t), dtype=torch.bool, device=dev)

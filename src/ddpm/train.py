@@ -31,7 +31,7 @@ from ddpm.checkpoint import atomic_write, list_checkpoints, load_latest, save_ch
 from ddpm.config import RunConfig, format_duration, make_config
 from ddpm.data import StepBatches, derive_seed, iterate_batches, open_training_data, to_model_range
 from ddpm.diffusion import GaussianDiffusion
-from ddpm.distributed import DistInfo, amp_dtype, any_rank, barrier, cleanup, init_distributed
+from ddpm.distributed import DistInfo, amp_dtype, any_rank, autocast, barrier, cleanup, init_distributed
 from ddpm.ema import EMA
 from ddpm.errors import ConfigError, DDPMError
 from ddpm.unet import UNet, count_parameters
@@ -205,7 +205,7 @@ class Trainer:
         x0 = to_model_range(images, t.hflip, self.generator)
         if t.channels_last:
             x0 = x0.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+        with autocast(self.device, self.amp_dtype):
             loss = self.diffusion.loss(self.train_model, x0, generator=self.generator)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
@@ -237,9 +237,9 @@ class Trainer:
         main = self.dist.is_main
         reference = self._fid_reference() if t.fid_every and main else None  # fails now, not after hours
         writer = self._writer() if main else None
-        if t.max_time:  # the budget, not total_steps, ends this run: the bar shows the time used and the step
-            bar = tqdm(total=math.ceil(t.max_time), disable=not main, dynamic_ncols=True,
-                       bar_format=f"{{l_bar}}{{bar}}| {{elapsed}} of {format_duration(t.max_time)}{{postfix}}")
+        if t.max_time:  # the budget, not total_steps, ends this run: the bar is the time used, the step its postfix
+            bar = tqdm(total=t.max_time, disable=not main, dynamic_ncols=True,
+                       bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} s of the time budget{postfix}")
         else:
             bar = tqdm(total=t.total_steps, initial=self.step, disable=not main, dynamic_ncols=True, unit="step")
         window_loss, window_steps, window_time, bad_in_a_row = 0.0, 0, 0.0, 0
@@ -269,14 +269,18 @@ class Trainer:
                                 "lower --lr, a --grad-clip or without --amp (these cannot change on --resume), or "
                                 "--resume with a larger --max-bad-steps if the spike is transient"
                             )
-                    bar.update(min(int(time.monotonic() - started), bar.total) - bar.n if t.max_time else 1)
                     if self.step % t.logging_steps == 0 and main:
                         rate = window_steps * t.batch_size / max(window_time, 1e-9)
                         mean_loss = window_loss / window_steps if window_steps else float("nan")  # all skipped
                         self._log_metrics(writer, bar, mean_loss, grad_norm, rate)
                         window_loss, window_steps, window_time = 0.0, 0, 0.0
                     last = self.step == t.total_steps
-                    self.out_of_time = bool(t.max_time) and any_rank(self.dist, time.monotonic() - started >= t.max_time)
+                    used = time.monotonic() - started
+                    self.out_of_time = bool(t.max_time) and any_rank(self.dist, used >= t.max_time)
+                    if t.max_time:
+                        bar.update((t.max_time if self.out_of_time else min(used, t.max_time)) - bar.n)
+                    else:
+                        bar.update(1)
                     if t.sample_every and main and (self.step % t.sample_every == 0 or last or self.out_of_time):
                         self._sample_grid(writer)
                     if t.fid_every and self.step % t.fid_every == 0:
@@ -342,7 +346,8 @@ class Trainer:
 
         t = self.config.train
         result = evaluate(self.ema.model, self.diffusion, reference, t.fid_samples, t.fid_sampler, t.fid_steps,
-                          seed=t.seed, device=self.device, progress=False, amp=t.amp)
+                          seed=t.seed, device=self.device, progress=False,
+                          amp=self.amp_dtype is not None)
         record = {"step": self.step, "weights": "ema", "reference": t.fid_reference, **result}
         append_record(self.run_dir, record)
         self._append_metrics({"step": self.step, **{k: result[k] for k in FID_METRICS}})
@@ -360,7 +365,7 @@ class Trainer:
         t, m = self.config.train, self.config.model
         generator = torch.Generator().manual_seed(t.seed)
         shape = (SAMPLE_GRID, m.in_channels, m.resolution, m.resolution)
-        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+        with autocast(self.device, self.amp_dtype):
             x = self.diffusion.sample(self.ema.model, shape, sampler="ddim",
                                       steps=min(t.sample_steps, self.diffusion.timesteps), generator=generator,
                                       device=self.device)

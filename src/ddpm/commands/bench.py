@@ -30,7 +30,8 @@ def register(subparsers) -> None:
     parser.add_argument("--device", choices=DEVICES, default="auto", help=DEVICE_HELP)
     parser.add_argument("--compile", action="store_true", help="torch.compile the model, as `ddpm train --compile`")
     parser.add_argument("--amp", action="store_true",
-                        help="mixed precision as `ddpm train --amp` (bf16 where supported, else fp16)")
+                        help="mixed precision as `ddpm train --amp`; presets that train with it (cpu) are measured with it "
+                             "only when this flag is given")
     parser.add_argument("--channels-last", action="store_true", help="channels_last memory format")
     parser.add_argument("--steps", type=int, default=20, help="timed training steps, and as many timed forward passes")
     parser.add_argument("--warmup", type=int, default=5,
@@ -44,7 +45,9 @@ def run(args: argparse.Namespace) -> int:
     from ddpm.bench import format_table, run_benchmark
     from ddpm.config import make_config
 
-    train = dict(device=args.device, compile=args.compile, amp=args.amp, channels_last=args.channels_last)
+    train = dict(device=args.device, compile=args.compile, channels_last=args.channels_last)
+    if args.amp:
+        train["amp"] = True
     if args.batch_size is not None:
         train["batch_size"] = args.batch_size
     config = make_config(getattr(args, "preset", None) or "seed", {"train": train})
