@@ -12,7 +12,8 @@ nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
-FIGURES = ["forward.png", "architecture.png", "samples.png", "trajectory.png", "trajectory.gif", "loss_vs_t.png"]
+FIGURES = ["forward.png", "architecture.png", "samples.png", "trajectory.png", "trajectory.gif", "loss_vs_t.png",
+           "shipped-samples.png", "shipped-trajectory.png"]
 
 
 def test_tutorial_runs(tmp_path, monkeypatch):
@@ -33,7 +34,7 @@ def test_tutorial_runs(tmp_path, monkeypatch):
         assert (work / "figures" / name).stat().st_size > 0, name
     assert (work / "run" / "training_curves.png").is_file()
     outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.outputs]
-    assert sum("image/png" in o.get("data", {}) for o in outputs) >= 7
+    assert sum("image/png" in o.get("data", {}) for o in outputs) >= 9
     assert not [o for o in outputs if o.output_type == "error"]
     text = "".join(o.get("text", "") for o in outputs)
     assert "largest difference" in text and "$ ddpm train --preset tiny" in text
