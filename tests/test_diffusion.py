@@ -427,13 +427,3 @@ def test_sample_timesteps_is_uniform_over_all_steps():
     se = math.sqrt(0.1 * 0.9 / 100_000)
     assert (counts - 0.1).abs().max().item() < 5 * se
 
-
-def test_the_cli_prints_the_schedule_warning_as_one_line(cli, tmp_path):
-    """ddpm's own warnings reach the user as one line on stderr, like its errors, without a source-code line."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("default", ScheduleWarning)  # this module's pytestmark ignores it
-        code, out, err = cli("train", "--preset", "tiny", "--dry-run", "--time-steps", 100, "--beta-start", 1e-4,
-                             "--beta-end", 0.02, "--save-model", tmp_path / "run")
-    assert code == 0
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("ddpm train: warning: the linear schedule beta = 0.0001 -> 0.02")
