@@ -23,6 +23,9 @@ _DURATION = re.compile(r"(?:(\d+(?:\.\d*)?)h)?(?:(\d+(?:\.\d*)?)m(?:in)?)?(?:(\d
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DEVICE_HELP = "device (auto: CUDA when available, else Apple's MPS, else the CPU)"
+SAMPLERS = ("ddpm", "ddim", "dpm++2m")  # the samplers of ddpm.samplers, by the names every command takes
+# Precision/recall use each sample's 3rd nearest neighbour, so every evaluation needs at least 4 samples.
+MIN_EVAL_SAMPLES = 4
 
 
 def parse_duration(text: str) -> float:
@@ -51,9 +54,16 @@ def format_duration(seconds: float) -> str:
     return f"{seconds / 3600:.2f} h"
 
 
-def _opt(default: Any, help: str, flag: str | None = None, choices: tuple | None = None, **extra: Any):
-    """A dataclass field whose metadata also describes its command-line flag."""
-    meta = {"help": help, "flag": flag, "choices": choices, **extra}
+def _opt(default: Any, help: str, flag: str | None = None, choices: tuple | None = None, resume: bool = False,
+         bound: str | None = None, **extra: Any):
+    """A dataclass field whose metadata describes its command-line flag and its rules.
+
+    ``flag``: the flag's name where it is not ``--field-name``; ``choices``: the allowed values; ``resume``: may
+    differ between a checkpoint and the command that resumes it (bookkeeping, not the hyper-parameters that shape
+    what is learnt); ``bound``: ``"positive"`` or ``"non_negative"``, checked by :func:`validate`; ``extra``:
+    argparse settings (``type``, ``metavar``, ``nargs``).
+    """
+    meta = {"help": help, "flag": flag, "choices": choices, "resume": resume, "bound": bound, **extra}
     if isinstance(default, (list, tuple)):
         return field(default_factory=lambda: tuple(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -63,26 +73,26 @@ def _opt(default: Any, help: str, flag: str | None = None, choices: tuple | None
 class ModelConfig:
     """The UNet (see :mod:`ddpm.unet` for how each field shapes it)."""
 
-    resolution: int = _opt(32, "image side length in pixels (square images)")
-    in_channels: int = _opt(3, "image channels")
-    nf: int = _opt(32, "base channel count of the UNet")
+    resolution: int = _opt(32, "image side length in pixels (square images)", bound="positive")
+    in_channels: int = _opt(3, "image channels", bound="positive")
+    nf: int = _opt(32, "base channel count of the UNet", bound="positive")
     ch_mult: tuple[int, ...] = _opt((1, 2, 4), "channel multiplier per resolution level", nargs="+")
-    num_res_blocks: int = _opt(2, "residual blocks per encoder level")
+    num_res_blocks: int = _opt(2, "residual blocks per encoder level", bound="positive")
     attn_resolutions: tuple[int, ...] = _opt((8, 4), "resolutions (pixels) that get self-attention", nargs="+")
     dropout: float = _opt(0.1, "dropout rate inside residual blocks")
-    time_emb_dim: int = _opt(512, "width of the timestep embedding fed to every residual block")
+    time_emb_dim: int = _opt(512, "width of the timestep embedding fed to every residual block", bound="positive")
     activation: str = _opt("relu", "activation function", choices=("relu", "silu"))
-    norm_groups: int = _opt(32, "GroupNorm groups; must divide every channel count")
+    norm_groups: int = _opt(32, "GroupNorm groups; must divide every channel count", bound="positive")
     skip: str = _opt(
         "level",
         "'level': one skip per level, learned k4s2 down/up-sampling (the original network); "
         "'block': a skip from every block, conv/nearest resampling (Ho et al.)",
         choices=("level", "block"),
     )
-    attention_heads: int = _opt(1, "heads in each self-attention block (when --attention-head-dim is 0)")
+    attention_heads: int = _opt(1, "heads in each self-attention block (when --attention-head-dim is 0)", bound="positive")
     attention_head_dim: int = _opt(
         0, "channels per self-attention head, so that wider blocks get more heads (diffusers' attention_head_dim); "
-           "0: --attention-heads heads in every block")
+           "0: --attention-heads heads in every block", bound="non_negative")
     norm_eps: float = _opt(1e-5, "epsilon of every GroupNorm (PyTorch's default; Ho et al.'s TensorFlow code: 1e-6)")
     downsample_padding: str = _opt(
         "symmetric",
@@ -95,14 +105,14 @@ class ModelConfig:
     time_freq_shift: int = _opt(
         1, "timestep embedding frequencies are 10000^(-i / (nf/2 - shift)), i < nf/2: 1 in Ho et al.'s code, "
            "0 in Vaswani et al. (diffusers' freq_shift)")
-    grad_checkpoint: bool = _opt(False, "recompute residual blocks in the backward pass to save memory")
+    grad_checkpoint: bool = _opt(False, "recompute residual blocks in the backward pass to save memory", resume=True)
 
 
 @dataclass(frozen=True)
 class DiffusionConfig:
     """The forward process q(x_t | x_0) and the reverse-process variance (Ho et al. 2020, sec. 2-3)."""
 
-    timesteps: int = _opt(1000, "diffusion steps T", flag="--time-steps")
+    timesteps: int = _opt(1000, "diffusion steps T", flag="--time-steps", bound="positive")
     # None scales Ho et al.'s range to T, so that x_T is noise at any T; a number is used as given (see
     # ddpm.diffusion.linear_beta_range). Checkpoints saved before the scaling hold numbers: they keep their schedule.
     beta_start: float | None = _opt(None, "beta_1 of the linear schedule, used as given; None: 1e-4 x 1000/T, Ho et "
@@ -122,22 +132,23 @@ class DiffusionConfig:
 class TrainConfig:
     """Optimisation, data and bookkeeping of a training run."""
 
-    save_model: str = _opt("runs/ddpm", "run directory: checkpoints, config, samples and logs go here")
+    save_model: str = _opt("runs/ddpm", "run directory: checkpoints, config, samples and logs go here", resume=True)
     data_dir: str | None = _opt(
         None,
         "training images: a folder (recursive), a .zip/.tar(.gz) of images, or a folder holding "
         "cifar-10-batches-py/ or cifar-10-python.tar.gz; default: CIFAR-10 in ./data (downloaded if absent)",
+        resume=True,
     )
-    total_steps: int = _opt(1_000_000, "optimisation steps")
-    batch_size: int = _opt(512, "global batch size (split across ranks under torchrun)")
+    total_steps: int = _opt(1_000_000, "optimisation steps", resume=True, bound="positive")
+    batch_size: int = _opt(512, "global batch size (split across ranks under torchrun)", bound="positive")
     optimizer: str = _opt("lion", "optimiser", choices=("lion", "adamw"))
     lr: float = _opt(1e-5, "peak learning rate")
-    weight_decay: float = _opt(0.0, "decoupled weight decay")
+    weight_decay: float = _opt(0.0, "decoupled weight decay", bound="non_negative")
     lr_schedule: str = _opt("constant", "learning-rate schedule after warm-up", choices=("constant", "step", "cosine"))
-    warmup_steps: int = _opt(5000, "linear learning-rate warm-up steps")
-    steplr_steps: int = _opt(100_000, "period of the 'step' schedule")
+    warmup_steps: int = _opt(5000, "linear learning-rate warm-up steps", bound="non_negative")
+    steplr_steps: int = _opt(100_000, "period of the 'step' schedule", bound="positive")
     steplr_factor: float = _opt(0.5, "factor applied every --steplr-steps by the 'step' schedule")
-    grad_clip: float = _opt(0.0, "clip the global gradient norm to this value (0: off)")
+    grad_clip: float = _opt(0.0, "clip the global gradient norm to this value (0: off)", bound="non_negative")
     ema_decay: float = _opt(0.9999, "decay of the exponential moving average of the weights (0: off); with a "
                                     "warm-up, the value the decay grows towards")
     ema_warmup: str = _opt(
@@ -154,28 +165,28 @@ class TrainConfig:
     seed: int = _opt(0, "random seed; with the same seed a CPU run is reproducible")
     max_time: float = _opt(0.0, "stop cleanly after this much wall-clock time of this invocation, with a checkpoint "
                                 "and a sample grid (e.g. 2h, 90m, 1h30m, 45s, or seconds; 0: no limit); --resume "
-                                "continues the run", type=parse_duration, metavar="DURATION")
-    logging_steps: int = _opt(1000, "write metrics every this many steps")
-    checkpoint_every: int = _opt(50_000, "save a checkpoint every this many steps", flag="--checkpoint")
-    keep_checkpoints: int = _opt(3, "keep the newest K checkpoints")
-    sample_every: int = _opt(10_000, "save a sample grid from the EMA weights every this many steps (0: off)")
-    sample_steps: int = _opt(100, "DDIM steps used for the --sample-every grids")
+                                "continues the run", type=parse_duration, metavar="DURATION", resume=True, bound="non_negative")
+    logging_steps: int = _opt(1000, "write metrics every this many steps", resume=True, bound="positive")
+    checkpoint_every: int = _opt(50_000, "save a checkpoint every this many steps", flag="--checkpoint", resume=True, bound="positive")
+    keep_checkpoints: int = _opt(3, "keep the newest K checkpoints", resume=True, bound="positive")
+    sample_every: int = _opt(10_000, "save a sample grid from the EMA weights every this many steps (0: off)", resume=True, bound="non_negative")
+    sample_steps: int = _opt(100, "DDIM steps used for the --sample-every grids", resume=True, bound="positive")
     fid_every: int = _opt(0, "FID/KID/precision/recall of the EMA weights every this many steps (0: off); slow on "
-                             "a CPU, see docs/fid.md")
-    fid_samples: int = _opt(5000, "samples drawn for each --fid-every evaluation (image i uses seed --seed + i)")
-    fid_sampler: str = _opt("ddim", "sampler of the --fid-every evaluations", choices=("ddpm", "ddim", "dpm++2m"))
-    fid_steps: int = _opt(50, "sampling steps of the --fid-every evaluations")
+                             "a CPU, see docs/fid.md", resume=True, bound="non_negative")
+    fid_samples: int = _opt(5000, "samples drawn for each --fid-every evaluation (image i uses seed --seed + i)", resume=True)
+    fid_sampler: str = _opt("ddim", "sampler of the --fid-every evaluations", choices=SAMPLERS, resume=True)
+    fid_steps: int = _opt(50, "sampling steps of the --fid-every evaluations", resume=True, bound="positive")
     fid_reference: str = _opt(
         "cifar10-train",
         "reference of the --fid-every evaluations: anything `ddpm fid` takes as B (a built-in CIFAR-10 name, whose "
         "statistics are computed once from the pickles in --data-dir or ./data and cached, a folder, an archive, "
-        "an .npz of images or of statistics)")
-    num_workers: int = _opt(2, "data-loading worker processes (image folders too large for memory)")
-    device: str = _opt("auto", DEVICE_HELP, choices=DEVICES)
-    compile: bool = _opt(False, "torch.compile the model")
-    channels_last: bool = _opt(False, "use the channels_last memory format (faster convolutions on GPUs)")
-    skip_bad_images: bool = _opt(False, "warn about unreadable images and skip them instead of stopping")
-    max_bad_steps: int = _opt(5, "stop after this many consecutive non-finite losses or gradients")
+        "an .npz of images or of statistics)", resume=True)
+    num_workers: int = _opt(2, "data-loading worker processes (image folders too large for memory)", resume=True, bound="non_negative")
+    device: str = _opt("auto", DEVICE_HELP, choices=DEVICES, resume=True)
+    compile: bool = _opt(False, "torch.compile the model", resume=True)
+    channels_last: bool = _opt(False, "use the channels_last memory format (faster convolutions on GPUs)", resume=True)
+    skip_bad_images: bool = _opt(False, "warn about unreadable images and skip them instead of stopping", resume=True)
+    max_bad_steps: int = _opt(5, "stop after this many consecutive non-finite losses or gradients", resume=True, bound="positive")
 
 
 @dataclass(frozen=True)
@@ -215,6 +226,21 @@ def _from_dict(cls, data: dict):
 
 
 SECTIONS: dict[str, type] = {"model": ModelConfig, "diffusion": DiffusionConfig, "train": TrainConfig}
+
+
+def flag_name(field: dataclasses.Field) -> str:
+    """The command-line flag of a config field: its ``flag`` metadata, else ``--field-name``."""
+    return field.metadata.get("flag") or "--" + field.name.replace("_", "-")
+
+
+def config_field(section: str, name: str) -> dataclasses.Field:
+    """The field ``name`` of the config section ``section`` ("model", "diffusion" or "train")."""
+    return {f.name: f for f in fields(SECTIONS[section])}[name]
+
+
+def may_change_on_resume(section: str, name: str) -> bool:
+    """Whether a resumed run may give this field another value than its checkpoint holds (``resume`` metadata)."""
+    return config_field(section, name).metadata["resume"]
 
 # Fields added after checkpoints were already written, with the value that reproduces what such an older checkpoint
 # was trained with: a key missing from a saved config takes this, not today's default, so a resume stays exact.
@@ -287,28 +313,16 @@ def validate(config: RunConfig) -> None:
     """Refuse configurations that would crash later or train something silently wrong; warn about a schedule whose
     x_T is not pure noise (:class:`ddpm.diffusion.ScheduleWarning`), which old checkpoints may still hold."""
     m, d, t = config.model, config.diffusion, config.train
-    positive = {
-        "--time-steps": d.timesteps, "--total-steps": t.total_steps, "--batch-size": t.batch_size,
-        "--nf": m.nf, "--resolution": m.resolution, "--num-res-blocks": m.num_res_blocks,
-        "--time-emb-dim": m.time_emb_dim, "--norm-groups": m.norm_groups, "--in-channels": m.in_channels,
-        "--logging-steps": t.logging_steps, "--checkpoint": t.checkpoint_every,
-        "--keep-checkpoints": t.keep_checkpoints, "--attention-heads": m.attention_heads,
-        "--sample-steps": t.sample_steps, "--max-bad-steps": t.max_bad_steps, "--steplr-steps": t.steplr_steps,
-        "--fid-steps": t.fid_steps,
-    }
-    for flag, value in positive.items():
-        if value <= 0:
-            raise ConfigError(f"{flag} must be positive, got {value}")
-    non_negative = {
-        "--warmup-steps": t.warmup_steps, "--grad-clip": t.grad_clip, "--weight-decay": t.weight_decay,
-        "--sample-every": t.sample_every, "--num-workers": t.num_workers, "--fid-every": t.fid_every,
-        "--max-time": t.max_time,
-    }
-    for flag, value in non_negative.items():
-        if value < 0:
-            raise ConfigError(f"{flag} must be >= 0, got {value}")
-    if t.fid_every and t.fid_samples < 4:  # precision/recall use each sample's 3rd nearest neighbour
-        raise ConfigError(f"--fid-samples must be at least 4, got {t.fid_samples}")
+    for section in SECTIONS:
+        values = getattr(config, section)
+        for f in fields(values):
+            bound, value = f.metadata["bound"], getattr(values, f.name)
+            if bound == "positive" and value <= 0:
+                raise ConfigError(f"{flag_name(f)} must be positive, got {value}")
+            if bound == "non_negative" and value < 0:
+                raise ConfigError(f"{flag_name(f)} must be >= 0, got {value}")
+    if t.fid_every and t.fid_samples < MIN_EVAL_SAMPLES:
+        raise ConfigError(f"--fid-samples must be at least {MIN_EVAL_SAMPLES}, got {t.fid_samples}")
     if not 0 <= m.time_freq_shift < m.nf // 2:  # nf/2 frequencies spaced over (nf/2 - shift) intervals
         raise ConfigError(f"the timestep embedding needs nf/2 > --time-freq-shift >= 0 (its nf/2 frequencies are "
                           f"spaced over nf/2 - shift intervals), got --nf {m.nf} and --time-freq-shift "
@@ -320,8 +334,6 @@ def validate(config: RunConfig) -> None:
                           "--norm-eps must be finite numbers")
     if m.norm_eps <= 0:
         raise ConfigError(f"--norm-eps must be positive, got {m.norm_eps}")
-    if m.attention_head_dim < 0:
-        raise ConfigError(f"--attention-head-dim must be >= 0, got {m.attention_head_dim}")
     if m.skip == "level" and m.downsample_padding != "symmetric":
         raise ConfigError("--downsample-padding applies to the 3x3 down-sampling of --skip block; the k4 convolutions "
                           "of --skip level always pad symmetrically")

@@ -17,6 +17,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from ddpm.config import MIN_EVAL_SAMPLES
 from ddpm.diffusion import GaussianDiffusion
 from ddpm.distributed import amp_dtype
 from ddpm.errors import ConfigError
@@ -25,8 +26,6 @@ from ddpm.metrics import FeatureStats, frechet_distance, inception_features, ker
 
 EVAL_LOG = "eval.jsonl"
 FID_PLOT = "fid_vs_nfe.png"
-# Precision/recall find each image's 3rd nearest neighbour within its own set, so each set needs 4 images.
-MIN_SAMPLES = 4
 
 
 def sample_features(model: torch.nn.Module, diffusion: GaussianDiffusion, num_samples: int, sampler: str,
@@ -89,8 +88,8 @@ def evaluate(model: torch.nn.Module, diffusion: GaussianDiffusion, reference: Fe
     (whether the network ran under autocast, see :func:`ddpm.generate.generate`) and ``wall_sec`` (sampling, features
     and metrics), ready to be logged as one JSON line.
     """
-    if num_samples < MIN_SAMPLES:
-        raise ConfigError(f"evaluation needs at least {MIN_SAMPLES} samples (precision/recall use the 3rd nearest "
+    if num_samples < MIN_EVAL_SAMPLES:
+        raise ConfigError(f"evaluation needs at least {MIN_EVAL_SAMPLES} samples (precision/recall use the 3rd nearest "
                           f"neighbour), got {num_samples}")
     device = device or next(model.parameters()).device
     amp = amp and amp_dtype(device) is not None  # what ran, for the record: off where it would be slower

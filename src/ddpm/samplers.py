@@ -19,11 +19,11 @@ from typing import Callable, Sequence
 import torch
 
 from ddpm.diffusion import GaussianDiffusion, Model
+from ddpm.config import SAMPLERS
 from ddpm.errors import ConfigError
 
 Generator = torch.Generator | Sequence[torch.Generator] | None
 Callback = Callable[[int, int, torch.Tensor, torch.Tensor], None] | None
-SAMPLERS = ("ddpm", "ddim", "dpm++2m")
 
 
 def randn(shape: Sequence[int], generator: Generator, device: torch.device | str) -> torch.Tensor:

@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from ddpm import __version__
 from ddpm.checkpoint import atomic_write, list_checkpoints, load_latest, save_checkpoint
-from ddpm.config import RunConfig, format_duration, make_config
+from ddpm.config import RunConfig, config_field, flag_name, format_duration, make_config, may_change_on_resume
 from ddpm.data import StepBatches, derive_seed, iterate_batches, open_training_data, to_model_range
 from ddpm.diffusion import GaussianDiffusion
 from ddpm.distributed import DistInfo, amp_dtype, any_rank, autocast, barrier, cleanup, init_distributed
@@ -36,12 +36,6 @@ from ddpm.ema import EMA
 from ddpm.errors import ConfigError, DDPMError
 from ddpm.unet import UNet, count_parameters
 
-# Flags that may differ between a checkpoint and the command that resumes it; anything else must match.
-MUTABLE_ON_RESUME = {
-    "total_steps", "logging_steps", "checkpoint_every", "keep_checkpoints", "sample_every", "sample_steps",
-    "num_workers", "device", "compile", "channels_last", "skip_bad_images", "max_bad_steps", "data_dir",
-    "save_model", "grad_checkpoint", "max_time", "fid_every", "fid_samples", "fid_sampler", "fid_steps", "fid_reference",
-}
 SAMPLE_GRID = 64
 FID_METRICS = ("fid", "kid", "kid_std", "precision", "recall")  # what --fid-every logs
 
@@ -75,7 +69,8 @@ def make_optimizer(params, config: RunConfig, device: torch.device) -> torch.opt
 
 
 def resume_config(saved: RunConfig, preset: str | None, overrides: dict[str, dict[str, Any]]) -> RunConfig:
-    """The config of a resumed run: the checkpoint's, with only the flags of :data:`MUTABLE_ON_RESUME` changed.
+    """The config of a resumed run: the checkpoint's, with only the fields that may change on resume changed
+    (:func:`ddpm.config.may_change_on_resume`).
 
     Any other explicitly given flag that disagrees with the checkpoint is refused, naming the flags.
     """
@@ -87,10 +82,10 @@ def resume_config(saved: RunConfig, preset: str | None, overrides: dict[str, dic
         saved_section = getattr(saved, section)
         for name, value in values.items():
             old = getattr(saved_section, name)
-            if name in MUTABLE_ON_RESUME:
+            if may_change_on_resume(section, name):
                 changes.setdefault(section, {})[name] = value
             elif (tuple(value) if isinstance(value, list) else value) != old:
-                conflicts.append(f"--{name.replace('_', '-')} ({old} in the checkpoint, {value} given)")
+                conflicts.append(f"{flag_name(config_field(section, name))} ({old} in the checkpoint, {value} given)")
     if conflicts:
         raise ConfigError(f"cannot resume with different hyper-parameters: {'; '.join(conflicts)}; drop these flags "
                           "or start a new run with another --save-model")

@@ -17,8 +17,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from ddpm.commands.options import MODEL_SOURCES, add_amp_argument, add_compile_argument, positive_int
-from ddpm.config import DEVICES
-from ddpm.samplers import SAMPLERS
+from ddpm.config import DEVICES, MIN_EVAL_SAMPLES, SAMPLERS
 
 EXAMPLE = """examples:
   ddpm eval runs/cifar10 --num-samples 50000 --sampler ddpm --sampling-steps 1000 --batch-size 500
@@ -85,11 +84,11 @@ def run(args: argparse.Namespace) -> int:
     from ddpm.checkpoint import load_model
     from ddpm.distributed import resolve_device
     from ddpm.errors import ConfigError
-    from ddpm.evaluate import FID_PLOT, MIN_SAMPLES, append_record, check_steps, evaluate, plot_fid_vs_nfe
+    from ddpm.evaluate import FID_PLOT, append_record, check_steps, evaluate, plot_fid_vs_nfe
     from ddpm.metrics import load_source, source_kind
 
-    if args.num_samples < MIN_SAMPLES:
-        raise ConfigError(f"--num-samples must be at least {MIN_SAMPLES} (precision/recall use the 3rd nearest "
+    if args.num_samples < MIN_EVAL_SAMPLES:
+        raise ConfigError(f"--num-samples must be at least {MIN_EVAL_SAMPLES} (precision/recall use the 3rd nearest "
                           f"neighbour), got {args.num_samples}")
     # Every check that can fail comes before the reference statistics, which take hours on a CPU the first time.
     kind = source_kind(args.reference)

@@ -7,7 +7,7 @@ import dataclasses
 import typing
 from typing import Any
 
-from ddpm.config import PRESETS, SECTIONS
+from ddpm.config import PRESETS, SECTIONS, flag_name
 
 
 # What every command that loads a model accepts (:func:`ddpm.checkpoint.load_model`).
@@ -37,10 +37,6 @@ def add_amp_argument(parser: argparse.ArgumentParser) -> None:
                              "sampler's arithmetic stays float32 and images differ from float32 ones by a few levels "
                              "of 255. Measured: 1.6x the forward rate on an AVX512-BF16 CPU; on an H100 it pays off "
                              "with --compile only (docs/benchmarks.md)")
-
-
-def flag_name(field: dataclasses.Field) -> str:
-    return field.metadata.get("flag") or "--" + field.name.replace("_", "-")
 
 
 def _base_type(hint: Any) -> type:

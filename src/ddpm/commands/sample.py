@@ -14,8 +14,7 @@ import numpy as np
 import torch
 
 from ddpm.commands.options import MODEL_SOURCES, add_amp_argument, add_compile_argument
-from ddpm.config import DEVICE_HELP, DEVICES
-from ddpm.samplers import SAMPLERS
+from ddpm.config import DEVICE_HELP, DEVICES, SAMPLERS
 
 
 def register(subparsers) -> None:

@@ -26,8 +26,7 @@ EXAMPLES = """examples:
 
 def register(subparsers) -> None:
     from ddpm.cli import HelpFormatter
-    from ddpm.config import PRESETS, DiffusionConfig
-    from ddpm.samplers import SAMPLERS
+    from ddpm.config import PRESETS, SAMPLERS, DiffusionConfig
 
     parser = subparsers.add_parser("visualize", help="figures of the forward and reverse process, loss and network",
                                    description=__doc__, epilog=EXAMPLES, formatter_class=HelpFormatter)
