@@ -33,12 +33,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 from ddpm import metrics  # noqa: E402
-from ddpm.checkpoint import export_safetensors, load_model, read_safetensors, safetensors_bytes  # noqa: E402
 from ddpm.config import DEVICES  # noqa: E402
 from ddpm.distributed import resolve_device  # noqa: E402
 from ddpm.errors import DDPMError  # noqa: E402
 from ddpm.evaluate import sample_features, score  # noqa: E402
+from ddpm.files import read_safetensors, safetensors_bytes  # noqa: E402
 from ddpm.generate import generate  # noqa: E402
+from ddpm.model_io import export_safetensors, load_model  # noqa: E402
 
 INCEPTION_FP16 = "inception_fp16.pt"
 

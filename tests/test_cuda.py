@@ -17,11 +17,11 @@ import pytest
 import torch
 
 from conftest import TINY
-from ddpm.checkpoint import load_model
 from ddpm.config import make_config
 from ddpm.data import StepBatches, iterate_batches, open_training_data
 from ddpm.diffusion import GaussianDiffusion
 from ddpm.distributed import DistInfo
+from ddpm.model_io import load_model
 from ddpm.train import Trainer
 from ddpm.unet import UNet
 

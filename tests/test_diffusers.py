@@ -18,9 +18,10 @@ import pytest
 import torch
 from diffusers import DDIMScheduler, DDPMPipeline, DDPMScheduler, UNet2DModel
 
-from ddpm.checkpoint import load_model, save_checkpoint
+from ddpm.checkpoint import save_checkpoint
 from ddpm.config import make_config
-from ddpm.diffusers_format import export_diffusers, model_config, unet_config
+from ddpm.diffusers_format import model_config, unet_config
+from ddpm.model_io import export_diffusers, load_model
 from ddpm.samplers import ddim_sample
 from ddpm.unet import UNet
 

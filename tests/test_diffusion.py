@@ -14,16 +14,17 @@ import pytest
 import torch
 from diffusers import DDPMScheduler
 
-from ddpm.checkpoint import load_model
 from ddpm.config import PRESETS, RunConfig, make_config
-from ddpm.diffusion import GaussianDiffusion, ScheduleWarning
+from ddpm.diffusion import GaussianDiffusion
 from ddpm.errors import ConfigError
+from ddpm.model_io import load_model
+from ddpm.schedules import ScheduleWarning
 from ddpm.train import resume_config
 from ddpm.unet import UNet
 
 # Many checks here use short explicit beta ranges that stop short of noise on purpose (closed forms at small T);
 # the tests of the warning itself turn it back on.
-pytestmark = pytest.mark.filterwarnings("ignore::ddpm.diffusion.ScheduleWarning")
+pytestmark = pytest.mark.filterwarnings("ignore::ddpm.schedules.ScheduleWarning")
 
 F64 = dict(dtype=torch.float64)
 

@@ -20,7 +20,7 @@ from ddpm.samplers import ddim_sample, ddpm_sample, dpm_solver_pp_2m, sampling_t
 
 # The oracle comparisons at small T use short explicit beta ranges that stop short of noise on purpose; the warning
 # about them is tested in test_diffusion.py.
-pytestmark = pytest.mark.filterwarnings("ignore::ddpm.diffusion.ScheduleWarning")
+pytestmark = pytest.mark.filterwarnings("ignore::ddpm.schedules.ScheduleWarning")
 
 SHAPE = (2, 3, 8, 8)
 

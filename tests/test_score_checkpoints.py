@@ -12,7 +12,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ddpm.checkpoint import load_model, read_safetensors
+from ddpm.files import read_safetensors
+from ddpm.model_io import load_model
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "benchmarks" / "score_checkpoints.py"

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ddpm.checkpoint import load_model
-from ddpm.config import make_config
+from ddpm.config import make_config, without_paths
+from ddpm.model_io import load_model
 from ddpm.unet import count_parameters
 
 SHIPPED = Path(__file__).resolve().parents[1] / "models" / "ddpm-cifar10-cpu.safetensors"
@@ -21,6 +21,9 @@ def test_the_shipped_file_is_small_and_rebuilds_the_cpu_preset_network():
     assert loaded.weights == "ema" and loaded.step > 0
     assert loaded.config.model == make_config("cpu").model and loaded.diffusion.timesteps == 1000
     assert count_parameters(loaded.model) == 1_397_667
+    # No folder of the machine it was trained on (issue 17): the path fields hold their defaults.
+    assert loaded.config.train == without_paths(loaded.config).train
+    assert b"/root/" not in SHIPPED.read_bytes()[:100_000]
 
 
 def test_the_shipped_model_samples_4_images_with_5_ddim_steps(cli, tmp_path):

@@ -14,9 +14,9 @@ import torch
 from PIL import Image
 
 from conftest import TINY, write_cifar10, write_image_folder
-from ddpm.checkpoint import load_model
 from ddpm.cli import main
 from ddpm.diffusion import GaussianDiffusion
+from ddpm.model_io import load_model
 from ddpm.unet import count_parameters, create_model
 from ddpm.visualize import (
     describe_unet, every_k, load_images, loss_per_timestep, read_metrics, record_trajectory, scaled_timesteps,

@@ -1,4 +1,19 @@
-"""ddpm: Denoising Diffusion Probabilistic Models (Ho et al., 2020) from scratch in PyTorch."""
+"""ddpm: Denoising Diffusion Probabilistic Models (Ho et al., 2020) from scratch in PyTorch.
+
+Each module has one job, said in its opening docstring. Layers, bottom up (a module imports only from its own
+layer or below, wherever the import stands; tests/test_layers.py checks it, and that there is no cycle):
+
+    errors                                       # the one-line errors and warnings the CLI prints
+    schedules, files, runlog                     # beta_t and its coefficients; bytes on disk; the run's JSON logs
+    config                                       # the dataclasses: flags, defaults, constraints, presets
+    samplers, unet, ema, distributed             # sampling loops; the network; weight averaging; devices and ranks
+    diffusion, ddpm                              # forward process, loss and sampling; this package's public names
+    data, checkpoint, diffusers_format           # images and data sets; training checkpoints; the diffusers format
+    model_io, generate, metrics                  # load/export any model file; images from a model; FID and friends
+    evaluate, train, bench                       # score a model; the training loop; the speed benchmark
+    visualize                                    # the figures
+    commands, cli, __main__                      # the command line
+"""
 
 from ddpm.config import DiffusionConfig, ModelConfig, RunConfig, TrainConfig, make_config
 from ddpm.diffusion import GaussianDiffusion

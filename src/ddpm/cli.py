@@ -7,29 +7,17 @@ as ``ddpm train ...`` and ``ddpm sample ...``. Errors the user can fix are print
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 import warnings
 
+from ddpm.commands import bench, eval, export, fid, import_diffusers, plot, sample, train, visualize
+from ddpm.commands.options import HelpFormatter
 from ddpm.errors import DDPMError, DDPMWarning
 
-# Sub-command name -> module in ddpm.commands defining `register(subparsers)` and `run(args)`.
-COMMANDS = {
-    "train": "train",
-    "sample": "sample",
-    "export": "export",
-    "import": "import_diffusers",
-    "fid": "fid",
-    "eval": "eval",
-    "bench": "bench",
-    "visualize": "visualize",
-    "plot": "plot",
-}
+# The sub-commands in the order --help lists them; each module defines `register(subparsers)` and `run(args)`,
+# and imports what it runs only when it runs, so that `ddpm --help` stays fast.
+COMMANDS = (train, sample, export, import_diffusers, fid, eval, bench, visualize, plot)
 LEGACY_FLAGS = {"--train": "train", "--sample": "sample"}
-
-
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Shows every default and keeps the descriptions' line breaks."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,8 +26,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Denoising Diffusion Probabilistic Models (Ho et al., 2020): train, sample, evaluate.",
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in COMMANDS.values():
-        importlib.import_module(f"ddpm.commands.{module}").register(subparsers)
+    for command in COMMANDS:
+        command.register(subparsers)
     return parser
 
 

@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from ddpm.errors import ConfigError
+from ddpm.schedules import SCHEDULES, VARIANCES, NoiseSchedule
 
 
 _DURATION = re.compile(r"(?:(\d+(?:\.\d*)?)h)?(?:(\d+(?:\.\d*)?)m(?:in)?)?(?:(\d+(?:\.\d*)?)s)?")
@@ -55,15 +56,16 @@ def format_duration(seconds: float) -> str:
 
 
 def _opt(default: Any, help: str, flag: str | None = None, choices: tuple | None = None, resume: bool = False,
-         bound: str | None = None, **extra: Any):
+         bound: str | None = None, path: bool = False, **extra: Any):
     """A dataclass field whose metadata describes its command-line flag and its rules.
 
     ``flag``: the flag's name where it is not ``--field-name``; ``choices``: the allowed values; ``resume``: may
     differ between a checkpoint and the command that resumes it (bookkeeping, not the hyper-parameters that shape
-    what is learnt); ``bound``: ``"positive"`` or ``"non_negative"``, checked by :func:`validate`; ``extra``:
-    argparse settings (``type``, ``metavar``, ``nargs``).
+    what is learnt); ``bound``: ``"positive"`` or ``"non_negative"``, checked by :func:`validate`; ``path``: names
+    a file or folder of the machine the run is on, which exported models leave out (:func:`without_paths`);
+    ``extra``: argparse settings (``type``, ``metavar``, ``nargs``).
     """
-    meta = {"help": help, "flag": flag, "choices": choices, "resume": resume, "bound": bound, **extra}
+    meta = {"help": help, "flag": flag, "choices": choices, "resume": resume, "bound": bound, "path": path, **extra}
     if isinstance(default, (list, tuple)):
         return field(default_factory=lambda: tuple(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -114,17 +116,17 @@ class DiffusionConfig:
 
     timesteps: int = _opt(1000, "diffusion steps T", flag="--time-steps", bound="positive")
     # None scales Ho et al.'s range to T, so that x_T is noise at any T; a number is used as given (see
-    # ddpm.diffusion.linear_beta_range). Checkpoints saved before the scaling hold numbers: they keep their schedule.
+    # ddpm.schedules.linear_beta_range). Checkpoints saved before the scaling hold numbers: they keep their schedule.
     beta_start: float | None = _opt(None, "beta_1 of the linear schedule, used as given; None: 1e-4 x 1000/T, Ho et "
                                           "al.'s value for T = 1000 scaled to reach noise at any T (Nichol & Dhariwal)")
     beta_end: float | None = _opt(None, "beta_T of the linear schedule, used as given; None: 0.02 x 1000/T, Ho et "
                                         "al.'s value for T = 1000 scaled to reach noise at any T (Nichol & Dhariwal)")
-    schedule: str = _opt("linear", "noise schedule", choices=("linear", "cosine"))
+    schedule: str = _opt("linear", "noise schedule", choices=SCHEDULES)
     variance: str = _opt(
         "fixed_large",
         "reverse-process variance sigma_t^2: beta_t ('fixed_large', Ho's CIFAR-10 choice) "
         "or the posterior beta-tilde_t ('fixed_small')",
-        choices=("fixed_large", "fixed_small"),
+        choices=VARIANCES,
     )
 
 
@@ -132,12 +134,13 @@ class DiffusionConfig:
 class TrainConfig:
     """Optimisation, data and bookkeeping of a training run."""
 
-    save_model: str = _opt("runs/ddpm", "run directory: checkpoints, config, samples and logs go here", resume=True)
+    save_model: str = _opt("runs/ddpm", "run directory: checkpoints, config, samples and logs go here", resume=True,
+                           path=True)
     data_dir: str | None = _opt(
         None,
         "training images: a folder (recursive), a .zip/.tar(.gz) of images, or a folder holding "
         "cifar-10-batches-py/ or cifar-10-python.tar.gz; default: CIFAR-10 in ./data (downloaded if absent)",
-        resume=True,
+        resume=True, path=True,
     )
     total_steps: int = _opt(1_000_000, "optimisation steps", resume=True, bound="positive")
     batch_size: int = _opt(512, "global batch size (split across ranks under torchrun)", bound="positive")
@@ -180,7 +183,7 @@ class TrainConfig:
         "cifar10-train",
         "reference of the --fid-every evaluations: anything `ddpm fid` takes as B (a built-in CIFAR-10 name, whose "
         "statistics are computed once from the pickles in --data-dir or ./data and cached, a folder, an archive, "
-        "an .npz of images or of statistics)", resume=True)
+        "an .npz of images or of statistics)", resume=True, path=True)
     num_workers: int = _opt(2, "data-loading worker processes (image folders too large for memory)", resume=True, bound="non_negative")
     device: str = _opt("auto", DEVICE_HELP, choices=DEVICES, resume=True)
     compile: bool = _opt(False, "torch.compile the model", resume=True)
@@ -304,6 +307,20 @@ def replace(config: RunConfig, section: str, **changes: Any) -> RunConfig:
     return dataclasses.replace(config, **{section: dataclasses.replace(getattr(config, section), **changes)})
 
 
+def without_paths(config: RunConfig) -> RunConfig:
+    """``config`` with every field that names a file or folder (``path`` metadata) back at its default.
+
+    What an exported model keeps: the run and data directories of the machine it was trained on mean nothing
+    elsewhere, and nothing that rebuilds the model depends on them.
+    """
+    for section in SECTIONS:
+        values = getattr(config, section)
+        defaults = {f.name: f.default for f in fields(values) if f.metadata["path"]}
+        if defaults:
+            config = replace(config, section, **defaults)
+    return config
+
+
 def num_downsamples(model: ModelConfig) -> int:
     """'level' UNets halve after every level (bottleneck below the last); 'block' ones between levels."""
     return len(model.ch_mult) if model.skip == "level" else len(model.ch_mult) - 1
@@ -311,7 +328,7 @@ def num_downsamples(model: ModelConfig) -> int:
 
 def validate(config: RunConfig) -> None:
     """Refuse configurations that would crash later or train something silently wrong; warn about a schedule whose
-    x_T is not pure noise (:class:`ddpm.diffusion.ScheduleWarning`), which old checkpoints may still hold."""
+    x_T is not pure noise (:class:`ddpm.schedules.ScheduleWarning`), which old checkpoints may still hold."""
     m, d, t = config.model, config.diffusion, config.train
     for section in SECTIONS:
         values = getattr(config, section)
@@ -337,10 +354,8 @@ def validate(config: RunConfig) -> None:
     if m.skip == "level" and m.downsample_padding != "symmetric":
         raise ConfigError("--downsample-padding applies to the 3x3 down-sampling of --skip block; the k4 convolutions "
                           "of --skip level always pad symmetrically")
-    from ddpm.diffusion import GaussianDiffusion  # ddpm.diffusion imports this module
-
     # Building the schedule refuses a linear beta range outside (0, 1) and warns when x_T is not pure noise.
-    GaussianDiffusion.from_config(d)
+    NoiseSchedule(d.timesteps, d.beta_start, d.beta_end, d.schedule, d.variance)
     if not 0 < t.lr < 1:
         raise ConfigError(f"--lr must be in (0, 1), got {t.lr}")
     if not 0 <= m.dropout < 1:

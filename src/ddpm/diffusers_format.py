@@ -12,8 +12,9 @@ express is refused with a one-line error naming the field, never approximated.
 
 diffusers itself is not imported: its files are JSON and safetensors. Keys that a ``config.json`` leaves out take
 the defaults of ``UNet2DModel`` and ``DDPMScheduler`` (diffusers 0.42), exactly as diffusers fills them in.
-The rest of the project reaches this module through :func:`ddpm.checkpoint.load_model` (reading) and
-``ddpm export --format diffusers`` (:func:`export_diffusers`).
+The rest of the project reaches this module through :mod:`ddpm.model_io` (:func:`~ddpm.model_io.load_model`
+reads folders with :func:`read_folder`, :func:`~ddpm.model_io.export_diffusers` writes them with
+:func:`write_folder`).
 """
 
 from __future__ import annotations
@@ -24,10 +25,10 @@ from typing import Any
 
 import torch
 
-from ddpm.checkpoint import atomic_write, load_model, read_safetensors, safetensors_bytes, torch_load_failure
 from ddpm.config import DiffusionConfig, ModelConfig, RunConfig, make_config
-from ddpm.diffusion import linear_beta_range
 from ddpm.errors import CheckpointError, OutputError
+from ddpm.files import atomic_write, read_safetensors, safetensors_bytes, torch_load_failure
+from ddpm.schedules import linear_beta_range
 
 WEIGHTS = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
 # The _diffusers_version written into exported configs (diffusers reads it for nothing): the oldest version our
@@ -363,19 +364,17 @@ def read_folder(path: Path) -> tuple[RunConfig, dict[str, torch.Tensor]]:
     return config, state_dict_from_diffusers(_read_weights(unet_dir), model)
 
 
-def export_diffusers(source: str | Path, output: str | Path, weights: str = "ema") -> Path:
-    """Write a run's EMA (or raw) weights as a ``DDPMPipeline`` folder: ``model_index.json``, ``unet/`` (config and
-    safetensors) and ``scheduler/``; ``diffusers.DDPMPipeline.from_pretrained(output)`` loads it offline."""
-    loaded = load_model(source, "cpu", weights)
-    m = loaded.config.model
+def write_folder(config: RunConfig, state: dict[str, torch.Tensor], output: Path) -> Path:
+    """Write our network's ``state`` and ``config`` as a ``DDPMPipeline`` folder: ``model_index.json``, ``unet/``
+    (config and safetensors) and ``scheduler/``; ``diffusers.DDPMPipeline.from_pretrained(output)`` loads it offline."""
+    m = config.model
     files = {
         "model_index.json": {"_class_name": "DDPMPipeline", "_diffusers_version": DIFFUSERS_VERSION,
                              "scheduler": ["diffusers", "DDPMScheduler"], "unet": ["diffusers", "UNet2DModel"]},
         "unet/config.json": unet_config(m),
-        "scheduler/scheduler_config.json": scheduler_config(loaded.config.diffusion),
+        "scheduler/scheduler_config.json": scheduler_config(config.diffusion),
     }
-    tensors = state_dict_to_diffusers(loaded.model.state_dict(), m)
-    output = Path(output)
+    tensors = state_dict_to_diffusers(state, m)
     if output.exists() and not output.is_dir():
         raise OutputError(f"cannot write the diffusers folder {output}: a file is in the way")
     if not output.parent.is_dir():

@@ -1,140 +1,32 @@
-"""The Gaussian diffusion process: noise schedules, the forward process, its posterior and the training loss.
+"""The Gaussian diffusion process on top of a noise schedule: the forward process, its posterior, the training loss
+and sampling.
 
-Notation follows Ho et al. (2020): beta_t is the variance added at step t, alpha_t = 1 - beta_t and
-alpha-bar_t = prod_{s<=t} alpha_s. Timesteps are 0-based (t = 0 .. T-1), as in the authors' code.
-Schedules and posterior coefficients are kept in float64 and cast to the data's dtype where used, because
-1 - alpha-bar_t is tiny for small t and float32 loses it.
+Notation follows Ho et al. (2020); the schedule and its coefficients are :class:`ddpm.schedules.NoiseSchedule`,
+the sampling loops :mod:`ddpm.samplers`. This module joins the two for the rest of the project: a network is passed
+to each method, never owned, so any ``model(x_t, t) -> eps`` works.
 """
 
 from __future__ import annotations
 
-import math
-import warnings
-from typing import Callable
-
 import torch
 import torch.nn.functional as F
 
+from ddpm import samplers
 from ddpm.config import DiffusionConfig
-from ddpm.errors import ConfigError, DDPMWarning
-
-Model = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-
-# Ho et al.'s linear range, chosen for T = 1000 steps (sec. 4).
-HO_BETA_START, HO_BETA_END, HO_TIMESTEPS = 1e-4, 0.02, 1000
-# Every sampler starts from x_T ~ N(0, I); past this alpha-bar_T, x_T keeps over sqrt(1e-3) = 3% of the image.
-MAX_ALPHA_BAR_T = 1e-3
+from ddpm.samplers import Model
+from ddpm.schedules import NoiseSchedule
 
 
-class ScheduleWarning(DDPMWarning):
-    """A noise schedule whose x_T still holds part of the image, so training and sampling disagree."""
-
-
-def linear_beta_range(timesteps: int, beta_start: float | None = None,
-                      beta_end: float | None = None) -> tuple[float, float]:
-    """beta_1 and beta_T of the linear schedule over T = ``timesteps`` steps.
-
-    An end left None is Ho et al.'s value for T = 1000 times 1000/T, improved-diffusion's
-    ``get_named_beta_schedule("linear")`` (Nichol & Dhariwal 2021): sum_t beta_t is then 10.05 for every T, and
-    alpha-bar_T <= exp(-sum_t beta_t) = 4.3e-5, so x_T is N(0, I) at any T; at T = 1000 the factor is exactly 1.
-    A given end is used as it is, as diffusers' ``beta_start``/``beta_end`` are. Raises ConfigError unless
-    0 < beta_1 < beta_T < 1.
-    """
-    scale = HO_TIMESTEPS / timesteps
-    start = scale * HO_BETA_START if beta_start is None else beta_start
-    end = scale * HO_BETA_END if beta_end is None else beta_end
-    if not 0 < start < end < 1:
-        unset = "" if beta_start is not None and beta_end is not None else (
-            f" (unset, they are Ho et al.'s {HO_BETA_START:g} and {HO_BETA_END:g} times 1000/T = {scale:g}: give both, "
-            "more --time-steps or --schedule cosine)")
-        raise ConfigError(f"need 0 < --beta-start < --beta-end < 1, got {start:g} and {end:g}{unset}")
-    return start, end
-
-
-def linear_betas(timesteps: int, beta_start: float, beta_end: float) -> torch.Tensor:
-    """beta_t evenly spaced from beta_start to beta_end (Ho et al. 2020, sec. 4)."""
-    return torch.linspace(beta_start, beta_end, timesteps, dtype=torch.float64)
-
-
-def cosine_betas(timesteps: int, s: float = 0.008, max_beta: float = 0.999) -> torch.Tensor:
-    """alpha-bar(t) = f(t)/f(0), f(t) = cos^2(((t/T + s)/(1 + s)) * pi/2) (Nichol & Dhariwal 2021, eq. 17).
-
-    beta_t = 1 - alpha-bar(t+1)/alpha-bar(t), clipped at ``max_beta`` to avoid the singularity at t = T.
-    """
-    def f(t: float) -> float:
-        return math.cos((t / timesteps + s) / (1 + s) * math.pi / 2) ** 2
-
-    betas = [min(1 - f(i + 1) / f(i), max_beta) for i in range(timesteps)]
-    return torch.tensor(betas, dtype=torch.float64)
-
-
-class GaussianDiffusion:
+class GaussianDiffusion(NoiseSchedule):
     """Forward process q(x_t | x_0), posterior q(x_{t-1} | x_t, x_0), loss and sampling for eps-prediction models.
 
-    The network is passed to each method, never owned, so any ``model(x_t, t) -> eps`` works.
+    Built like its :class:`~ddpm.schedules.NoiseSchedule` (T, beta range, schedule, variance) or from a
+    :class:`~ddpm.config.DiffusionConfig` with :meth:`from_config`.
     """
-
-    def __init__(self, timesteps: int = 1000, beta_start: float | None = None, beta_end: float | None = None,
-                 schedule: str = "linear", variance: str = "fixed_large"):
-        """``beta_start``/``beta_end``: see :func:`linear_beta_range` (None: Ho et al.'s range scaled to T).
-
-        Warns (:class:`ScheduleWarning`) when alpha-bar_T > :data:`MAX_ALPHA_BAR_T`.
-        """
-        if timesteps <= 0:
-            raise ConfigError(f"timesteps must be positive, got {timesteps}")
-        if schedule == "linear":
-            beta_start, beta_end = linear_beta_range(timesteps, beta_start, beta_end)
-            betas = linear_betas(timesteps, beta_start, beta_end)
-        elif schedule == "cosine":
-            betas = cosine_betas(timesteps)
-        else:
-            raise ConfigError(f"unknown schedule {schedule!r}; choose 'linear' or 'cosine'")
-        if variance not in ("fixed_large", "fixed_small"):
-            raise ConfigError(f"unknown variance {variance!r}; choose 'fixed_large' or 'fixed_small'")
-        self.timesteps, self.schedule, self.variance = timesteps, schedule, variance
-
-        self.betas = betas
-        self.alphas = 1.0 - betas
-        self.alphas_cumprod = torch.cumprod(self.alphas, dim=0)
-        self.alphas_cumprod_prev = torch.cat([torch.ones(1, dtype=torch.float64), self.alphas_cumprod[:-1]])
-        self.sqrt_alphas_cumprod = self.alphas_cumprod.sqrt()
-        self.sqrt_one_minus_alphas_cumprod = (1.0 - self.alphas_cumprod).sqrt()
-        # Posterior q(x_{t-1} | x_t, x_0) = N(mean_coef1 * x_0 + mean_coef2 * x_t, beta-tilde_t)  (eqs. 6-7).
-        self.posterior_variance = betas * (1.0 - self.alphas_cumprod_prev) / (1.0 - self.alphas_cumprod)
-        self.posterior_mean_coef1 = betas * self.alphas_cumprod_prev.sqrt() / (1.0 - self.alphas_cumprod)
-        self.posterior_mean_coef2 = (1.0 - self.alphas_cumprod_prev) * self.alphas.sqrt() / (1.0 - self.alphas_cumprod)
-        self._device_cache: dict[tuple[str, torch.device], torch.Tensor] = {}
-        self._check_reaches_noise()
 
     @classmethod
     def from_config(cls, config: DiffusionConfig) -> "GaussianDiffusion":
         return cls(config.timesteps, config.beta_start, config.beta_end, config.schedule, config.variance)
-
-    def _check_reaches_noise(self) -> None:
-        """Warn when x_T = sqrt(alpha-bar_T) x_0 + sqrt(1 - alpha-bar_T) eps (eq. 4) is not pure noise.
-
-        Only a linear range can fail: the cosine schedule caps its last beta at 0.999, so alpha-bar_T <= 1e-3.
-        """
-        abar_T = self.alphas_cumprod[-1].item()
-        # isclose: at T = 1 the cosine cap makes alpha-bar_T = 1 - 0.999, which rounds to 1e-3 + 9e-19.
-        if abar_T <= MAX_ALPHA_BAR_T or math.isclose(abar_T, MAX_ALPHA_BAR_T):
-            return
-        warnings.warn(
-            f"the {self.schedule} schedule beta = {self.betas[0].item():g} -> {self.betas[-1].item():g} over "
-            f"T = {self.timesteps} steps ends at alpha-bar_T = {abar_T:.3g}: x_T keeps sqrt(alpha-bar_T) = "
-            f"{math.sqrt(abar_T):.0%} of the image's signal, while sampling starts from pure noise N(0, I), so "
-            "training and sampling disagree; leave --beta-start and --beta-end unset (their defaults scale with "
-            "1000/T and reach noise at any T), or raise them or --time-steps until alpha-bar_T <= "
-            f"{MAX_ALPHA_BAR_T:g}. A model trained on this schedule keeps it: retrain it to fix its samples.",
-            ScheduleWarning, stacklevel=3)
-
-    def _extract(self, name: str, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-        """``self.<name>[t]`` as a (B, 1, 1, ...) tensor in ``like``'s dtype, cached per device."""
-        key = (name, t.device)
-        if key not in self._device_cache:
-            self._device_cache[key] = getattr(self, name).to(t.device)
-        values = self._device_cache[key][t].to(like.dtype)
-        return values.reshape(-1, *([1] * (like.dim() - 1)))
 
     def q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
         """x_t = sqrt(alpha-bar_t) x_0 + sqrt(1 - alpha-bar_t) eps, a sample of q(x_t | x_0) (eq. 4)."""
@@ -146,12 +38,6 @@ class GaussianDiffusion:
         """Mean and variance of q(x_{t-1} | x_t, x_0) (eqs. 6-7)."""
         mean = self._extract("posterior_mean_coef1", t, x_t) * x0 + self._extract("posterior_mean_coef2", t, x_t) * x_t
         return mean, self._extract("posterior_variance", t, x_t)
-
-    def predict_x0(self, x_t: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
-        """x_0 = (x_t - sqrt(1 - alpha-bar_t) eps) / sqrt(alpha-bar_t), eq. 4 solved for x_0."""
-        return (x_t - self._extract("sqrt_one_minus_alphas_cumprod", t, x_t) * eps) / self._extract(
-            "sqrt_alphas_cumprod", t, x_t
-        )
 
     def sample_timesteps(self, batch: int, device: torch.device | str | None = None,
                          generator: torch.Generator | None = None) -> torch.Tensor:
@@ -181,8 +67,6 @@ class GaussianDiffusion:
         ``steps=None`` means all T steps for "ddpm" and 50 for the others. ``generator`` is a
         ``torch.Generator`` or a list of one per image (per-image seeds); ``device=None`` is the model's device.
         """
-        from ddpm import samplers  # samplers import this module
-
         if device is None:
             params = next(iter(model.parameters()), None) if isinstance(model, torch.nn.Module) else None
             device = params.device if params is not None else torch.device("cpu")

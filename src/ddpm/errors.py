@@ -19,6 +19,10 @@ class CheckpointError(DDPMError):
     """A checkpoint that is missing, corrupt or incompatible."""
 
 
+class TrainingError(DDPMError):
+    """Training cannot continue (e.g. repeated non-finite losses)."""
+
+
 class OutputError(DDPMError):
     """An output file or folder that cannot be written (a missing folder, a file in the way, a full disk)."""
 

@@ -9,7 +9,6 @@ written unless asked (``keep_dir``): each batch goes from the sampler straight t
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -24,7 +23,6 @@ from ddpm.errors import ConfigError
 from ddpm.generate import generate, image_path, save_png
 from ddpm.metrics import FeatureStats, frechet_distance, inception_features, kernel_inception_distance, precision_recall
 
-EVAL_LOG = "eval.jsonl"
 FID_PLOT = "fid_vs_nfe.png"
 
 
@@ -110,14 +108,6 @@ def check_steps(diffusion: GaussianDiffusion, sampler: str, steps: Sequence[int]
     for k in steps:
         diffusion.sample(lambda x, t: torch.zeros_like(x), (1, 1, 1, 1), sampler, k, device="cpu",
                          generator=torch.Generator(), x_T=torch.zeros(1, 1, 1, 1))  # leaves the global RNG alone
-
-
-def append_record(run_dir: str | Path, record: dict[str, Any]) -> Path:
-    """Append ``record`` as one JSON line to the run directory's ``eval.jsonl``; returns the file's path."""
-    path = Path(run_dir) / EVAL_LOG
-    with open(path, "a") as f:
-        f.write(json.dumps(record) + "\n")
-    return path
 
 
 def plot_fid_vs_nfe(records: Sequence[dict[str, Any]], path: str | Path, title: str) -> Path:

@@ -7,7 +7,6 @@ whatever the batch size, the device count or the order in which the batches run.
 from __future__ import annotations
 
 import math
-import os
 import time
 from pathlib import Path
 from typing import Callable, Sequence
@@ -19,6 +18,7 @@ from tqdm.auto import tqdm
 
 from ddpm.diffusion import GaussianDiffusion
 from ddpm.distributed import amp_dtype, autocast
+from ddpm.files import atomic_write
 
 
 def to_uint8(x: torch.Tensor) -> torch.Tensor:
@@ -32,9 +32,8 @@ def image_path(folder: Path, seed: int) -> Path:
 
 def save_png(image: np.ndarray, path: Path) -> None:
     """Write atomically, so that an interrupted job never leaves a truncated image that a resume would keep."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    Image.fromarray(image.squeeze(-1) if image.shape[-1] == 1 else image).save(tmp, format="PNG")
-    os.replace(tmp, path)
+    pixels = Image.fromarray(image.squeeze(-1) if image.shape[-1] == 1 else image)
+    atomic_write(path, lambda f: pixels.save(f, format="PNG"), durable=False)
 
 
 def generate(model: torch.nn.Module, diffusion: GaussianDiffusion, seeds: Sequence[int], batch_size: int,

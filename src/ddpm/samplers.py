@@ -1,4 +1,4 @@
-"""Samplers of the reverse process: plain functions of (model, diffusion, x_T) that return x_0 in [-1, 1].
+"""Samplers of the reverse process: plain functions of (model, schedule, x_T) that return x_0 in [-1, 1].
 
 * :func:`ddpm_sample` - ancestral sampling, Algorithm 2 of Ho et al. (2020), optionally on a subsequence of
   timesteps ("respacing", Nichol & Dhariwal 2021, sec. 4).
@@ -18,9 +18,12 @@ from typing import Callable, Sequence
 
 import torch
 
-from ddpm.diffusion import GaussianDiffusion, Model
 from ddpm.config import SAMPLERS
 from ddpm.errors import ConfigError
+from ddpm.schedules import NoiseSchedule
+
+# What the samplers call: ``model(x_t, t) -> eps_theta(x_t, t)``, t a long tensor of (original) timesteps.
+Model = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 Generator = torch.Generator | Sequence[torch.Generator] | None
 Callback = Callable[[int, int, torch.Tensor, torch.Tensor], None] | None
@@ -46,7 +49,7 @@ def sampling_timesteps(timesteps: int, steps: int) -> list[int]:
     return [round(i * (timesteps - 1) / (steps - 1)) for i in reversed(range(steps))]
 
 
-def _predict(model: Model, diffusion: GaussianDiffusion, x: torch.Tensor, t: int, clip: bool):
+def _predict(model: Model, diffusion: NoiseSchedule, x: torch.Tensor, t: int, clip: bool):
     """eps_theta(x_t, t) and the x_0 it implies (eq. 4 solved for x_0), optionally clipped to [-1, 1].
 
     When clipping, eps is recomputed from the clipped x_0 so that the two stay consistent.
@@ -60,13 +63,13 @@ def _predict(model: Model, diffusion: GaussianDiffusion, x: torch.Tensor, t: int
     return eps, x0
 
 
-def _abar(diffusion: GaussianDiffusion, t: int) -> float:
+def _abar(diffusion: NoiseSchedule, t: int) -> float:
     """alpha-bar_t, with alpha-bar_{-1} = 1 (the clean data) for the step past t = 0."""
     return diffusion.alphas_cumprod[t].item() if t >= 0 else 1.0
 
 
 @torch.no_grad()
-def ddpm_sample(model: Model, diffusion: GaussianDiffusion, x_T: torch.Tensor, timesteps: Sequence[int] | None = None,
+def ddpm_sample(model: Model, diffusion: NoiseSchedule, x_T: torch.Tensor, timesteps: Sequence[int] | None = None,
                 clip_denoised: bool = True, generator: Generator = None, callback: Callback = None) -> torch.Tensor:
     """Ancestral sampling x_{s} ~ p(x_s | x_t) = N(mu~(x_t, x0_pred), sigma_t^2) (Ho et al., Algorithm 2).
 
@@ -92,7 +95,7 @@ def ddpm_sample(model: Model, diffusion: GaussianDiffusion, x_T: torch.Tensor, t
 
 
 @torch.no_grad()
-def ddim_sample(model: Model, diffusion: GaussianDiffusion, x_T: torch.Tensor, timesteps: Sequence[int],
+def ddim_sample(model: Model, diffusion: NoiseSchedule, x_T: torch.Tensor, timesteps: Sequence[int],
                 eta: float = 0.0, clip_denoised: bool = True, generator: Generator = None,
                 callback: Callback = None) -> torch.Tensor:
     """DDIM (Song et al. 2021, eq. 12) from t to the next timestep s:
@@ -119,7 +122,7 @@ def ddim_sample(model: Model, diffusion: GaussianDiffusion, x_T: torch.Tensor, t
 
 
 @torch.no_grad()
-def dpm_solver_pp_2m(model: Model, diffusion: GaussianDiffusion, x_T: torch.Tensor, steps: int,
+def dpm_solver_pp_2m(model: Model, diffusion: NoiseSchedule, x_T: torch.Tensor, steps: int,
                      clip_denoised: bool = True, callback: Callback = None) -> torch.Tensor:
     """DPM-Solver++(2M) (Lu et al. 2022, Algorithm 2) on the timesteps round(linspace(T-1, 0, steps + 1))[:-1].
 
@@ -158,7 +161,7 @@ def dpm_solver_pp_2m(model: Model, diffusion: GaussianDiffusion, x_T: torch.Tens
     return x
 
 
-def sample(model: Model, diffusion: GaussianDiffusion, x_T: torch.Tensor, sampler: str = "ddpm",
+def sample(model: Model, diffusion: NoiseSchedule, x_T: torch.Tensor, sampler: str = "ddpm",
            steps: int | None = None, eta: float = 0.0, clip_denoised: bool = True, generator: Generator = None,
            callback: Callback = None) -> torch.Tensor:
     """Run ``sampler`` from ``x_T``. ``steps=None``: all T steps for "ddpm", 50 for "ddim" and "dpm++2m"

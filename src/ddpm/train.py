@@ -11,12 +11,9 @@ All randomness of step s on rank r (data order, flips, timesteps, noise, dropout
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
-import os
 import signal
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -24,24 +21,21 @@ from typing import Any
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from tqdm.auto import tqdm
 
 from ddpm import __version__
-from ddpm.checkpoint import atomic_write, list_checkpoints, load_latest, save_checkpoint
+from ddpm.checkpoint import list_checkpoints, load_latest, save_checkpoint
 from ddpm.config import RunConfig, config_field, flag_name, format_duration, make_config, may_change_on_resume
 from ddpm.data import StepBatches, derive_seed, iterate_batches, open_training_data, to_model_range
 from ddpm.diffusion import GaussianDiffusion
-from ddpm.distributed import DistInfo, amp_dtype, any_rank, autocast, barrier, cleanup, init_distributed
+from ddpm.distributed import DistInfo, amp_dtype, autocast, barrier, cleanup, init_distributed
 from ddpm.ema import EMA
-from ddpm.errors import ConfigError, DDPMError
+from ddpm.errors import ConfigError
+from ddpm.files import atomic_write
+from ddpm.policies import BadSteps, LossWindow, Progress, StopSignal, TimeBudget, due
+from ddpm.runlog import FID_METRICS, append_eval, append_metrics, eval_record
 from ddpm.unet import UNet, count_parameters
 
 SAMPLE_GRID = 64
-FID_METRICS = ("fid", "kid", "kid_std", "precision", "recall")  # what --fid-every logs
-
-
-class TrainingError(DDPMError):
-    """Training cannot continue (e.g. repeated non-finite losses)."""
 
 
 def lr_factor(step: int, total_steps: int, warmup_steps: int, schedule: str, steplr_steps: int,
@@ -93,37 +87,6 @@ def resume_config(saved: RunConfig, preset: str | None, overrides: dict[str, dic
     for section, values in changes.items():
         base[section].update(values)
     return make_config(saved.preset, base)
-
-
-class _StopSignal:
-    """First SIGINT/SIGTERM asks the loop to save and stop; a second SIGINT exits at once, without saving.
-
-    The second one ends the process on the spot rather than raising KeyboardInterrupt: raised at an arbitrary
-    point, that can leave a lock held (TensorBoard's queue, for one) and hang the clean-up forever. Checkpoints
-    are written atomically, so nothing but the steps since the last one is lost.
-    """
-
-    def __init__(self):
-        self.signum: int | None = None
-        self._previous: dict[int, Any] = {}
-
-    def __enter__(self):
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(ValueError):  # not the main thread: no handlers
-                self._previous[signum] = signal.signal(signum, self._handle)
-        return self
-
-    def _handle(self, signum, frame):
-        if self.signum is not None and signum == signal.SIGINT:
-            print("\nreceived SIGINT again: quitting without saving", file=sys.stderr, flush=True)
-            os._exit(128 + signum)
-        self.signum = signum
-        print(f"\nreceived {signal.Signals(signum).name}: saving a checkpoint at the end of this step "
-              "(press Ctrl-C again to quit without saving)", file=sys.stderr, flush=True)
-
-    def __exit__(self, *exc):
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
 
 
 class Trainer:
@@ -225,97 +188,67 @@ class Trainer:
         Returns the signal number if stopped by SIGINT/SIGTERM, else None; :attr:`out_of_time` says whether the
         time budget ended the run. Either way the last step is checkpointed and, unless sample grids are off, drawn.
         """
-        t = self.config.train
-        started = time.monotonic() if started is None else started
-        self.out_of_time = False
-        batches = StepBatches(len(data), t.batch_size, t.seed, self.dist.rank, self.dist.world_size)
-        main = self.dist.is_main
+        t, main = self.config.train, self.dist.is_main
+        budget = TimeBudget(t.max_time, time.monotonic() if started is None else started, self.dist)
         reference = self._fid_reference() if t.fid_every and main else None  # fails now, not after hours
         writer = self._writer() if main else None
-        if t.max_time:  # the budget, not total_steps, ends this run: the bar is the time used, the step its postfix
-            bar = tqdm(total=t.max_time, disable=not main, dynamic_ncols=True,
-                       bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} s of the time budget{postfix}")
-        else:
-            bar = tqdm(total=t.total_steps, initial=self.step, disable=not main, dynamic_ncols=True, unit="step")
-        window_loss, window_steps, window_time, bad_in_a_row = 0.0, 0, 0.0, 0
-        stopped = None
+        progress = Progress(budget, t.total_steps, self.step, enabled=main)
+        window, bad_steps = LossWindow(), BadSteps(t.max_bad_steps)
+        batches = StepBatches(len(data), t.batch_size, t.seed, self.dist.rank, self.dist.world_size)
+        self.out_of_time, stopped = False, None
         try:
-            with _StopSignal() as stop:
-                stream = iterate_batches(data, batches, self.step, t.total_steps, self.device, t.num_workers)
+            with StopSignal() as stop:
                 step_start = time.perf_counter()
-                for images in stream:
+                for images in iterate_batches(data, batches, self.step, t.total_steps, self.device, t.num_workers):
                     loss, grad_norm = self.train_step(images)
-                    step_time = time.perf_counter() - step_start  # data + step; sampling and saving excluded
-                    self.elapsed += step_time
-                    window_time += step_time
-                    if math.isfinite(grad_norm):
-                        bad_in_a_row = 0
-                        window_loss += loss.item()
-                        window_steps += 1
-                    else:
-                        self.skipped += 1
-                        bad_in_a_row += 1
-                        if bad_in_a_row > t.max_bad_steps:
-                            last = list_checkpoints(self.run_dir)
-                            # Skipped steps leave the weights alone, so the newest checkpoint holds the last good ones.
-                            raise TrainingError(
-                                f"non-finite loss or gradients for {bad_in_a_row} steps in a row at step {self.step}; "
-                                f"the last good checkpoint is {last[-1] if last else 'none'}. Start a new run with a "
-                                "lower --lr, a --grad-clip or without --amp (these cannot change on --resume), or "
-                                "--resume with a larger --max-bad-steps if the spike is transient"
-                            )
-                    if self.step % t.logging_steps == 0 and main:
-                        rate = window_steps * t.batch_size / max(window_time, 1e-9)
-                        mean_loss = window_loss / window_steps if window_steps else float("nan")  # all skipped
-                        self._log_metrics(writer, bar, mean_loss, grad_norm, rate)
-                        window_loss, window_steps, window_time = 0.0, 0, 0.0
-                    last = self.step == t.total_steps
-                    used = time.monotonic() - started
-                    self.out_of_time = bool(t.max_time) and any_rank(self.dist, used >= t.max_time)
-                    if t.max_time:
-                        bar.update((t.max_time if self.out_of_time else min(used, t.max_time)) - bar.n)
-                    else:
-                        bar.update(1)
-                    if t.sample_every and main and (self.step % t.sample_every == 0 or last or self.out_of_time):
+                    finite = math.isfinite(grad_norm)
+                    seconds = time.perf_counter() - step_start  # data + step; sampling and saving excluded
+                    self.elapsed += seconds
+                    window.add(loss.item() if finite else None, seconds)
+                    self.skipped += not finite
+                    bad_steps.observe(finite, self.step, self.last_checkpoint())
+                    if due(self.step, t.logging_steps) and main:
+                        self._log_metrics(writer, progress, *window.close(t.batch_size), grad_norm)
+                    self.out_of_time = budget.spent()
+                    progress.advance(self.out_of_time)
+                    ending = self.step == t.total_steps or self.out_of_time
+                    if main and t.sample_every and (due(self.step, t.sample_every) or ending):
                         self._sample_grid(writer)
-                    if t.fid_every and self.step % t.fid_every == 0:
-                        if main:
-                            self._log_fid(writer, reference)
-                        barrier(self.dist)  # the other ranks wait here rather than in the next all-reduce
-                    if self.step % t.checkpoint_every == 0 or last or self.out_of_time:
+                    if due(self.step, t.fid_every):
+                        self._log_fid(writer, reference)
+                    saved = due(self.step, t.checkpoint_every) or ending
+                    if saved:
                         self.save()
                     if self.out_of_time:
                         break
-                    if any_rank(self.dist, stop.signum is not None):
-                        stopped = stop.signum or signal.SIGTERM
-                        if self.step % t.checkpoint_every and not last:
+                    if (stopped := stop.requested(self.dist)) is not None:
+                        if not saved:
                             self.save()
                         break
                     step_start = time.perf_counter()
         finally:
-            bar.close()
+            progress.close()
             if writer is not None:
                 writer.close()
         return stopped
+
+    def last_checkpoint(self) -> Path | None:
+        found = list_checkpoints(self.run_dir)
+        return found[-1] if found else None
 
     def _writer(self):
         from torch.utils.tensorboard import SummaryWriter
 
         return SummaryWriter(str(self.run_dir / "tensorboard"))
 
-    def _append_metrics(self, record: dict[str, Any]) -> None:
-        """One JSON line in the run's metrics.jsonl (loss records and --fid-every records alike)."""
-        with open(self.run_dir / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(record) + "\n")
-
-    def _log_metrics(self, writer, bar, loss: float, grad_norm: float, rate: float) -> None:
+    def _log_metrics(self, writer, progress: Progress, loss: float, rate: float, grad_norm: float) -> None:
         lr = self.scheduler.get_last_lr()[0]
         record = {"step": self.step, "loss": loss, "lr": lr, "grad_norm": grad_norm, "images_per_sec": rate,
                   "train_sec": self.elapsed, "skipped_steps": self.skipped}
-        self._append_metrics(record)
+        append_metrics(self.run_dir, record)
         for key in ("loss", "lr", "grad_norm", "images_per_sec"):
             writer.add_scalar(f"train/{key}", record[key], self.step)
-        bar.set_postfix(step=self.step, loss=f"{loss:.4f}", lr=f"{lr:.2e}", img_s=f"{rate:.1f}")
+        progress.show(step=self.step, loss=f"{loss:.4f}", lr=f"{lr:.2e}", img_s=f"{rate:.1f}")
 
     def _fid_reference(self):
         """The statistics ``--fid-every`` compares with, loaded once (built-in ones are cached across runs)."""
@@ -332,25 +265,23 @@ class Trainer:
         return load_source(t.fid_reference, data_dir=data_dir, device=self.device.type)
 
     def _log_fid(self, writer, reference) -> None:
-        """Score ``fid_samples`` EMA samples against ``reference``: TensorBoard, metrics.jsonl and eval.jsonl.
+        """Score ``fid_samples`` EMA samples against ``reference`` on the main rank (the others wait): TensorBoard,
+        metrics.jsonl and the same eval.jsonl line ``ddpm eval`` writes (:func:`ddpm.runlog.eval_record`)."""
+        from ddpm.evaluate import evaluate
 
-        The eval.jsonl line is the one ``ddpm eval`` writes, so FIDs from training and from later evaluations of
-        the same run sit in one file.
-        """
-        from ddpm.evaluate import append_record, evaluate
-
-        t = self.config.train
-        result = evaluate(self.ema.model, self.diffusion, reference, t.fid_samples, t.fid_sampler, t.fid_steps,
-                          seed=t.seed, device=self.device, progress=False,
-                          amp=self.amp_dtype is not None)
-        record = {"step": self.step, "weights": "ema", "reference": t.fid_reference, **result}
-        append_record(self.run_dir, record)
-        self._append_metrics({"step": self.step, **{k: result[k] for k in FID_METRICS}})
-        for key in FID_METRICS:
-            if result[key] is not None:
-                writer.add_scalar(f"eval/{key}", result[key], self.step)
-        self.log(f"step {self.step}: FID {result['fid']:.4f} ({t.fid_samples} samples, {t.fid_sampler} "
-                 f"{t.fid_steps} steps, {result['wall_sec']:.0f} s)")
+        if self.dist.is_main:
+            t = self.config.train
+            result = evaluate(self.ema.model, self.diffusion, reference, t.fid_samples, t.fid_sampler, t.fid_steps,
+                              seed=t.seed, device=self.device, progress=False, amp=self.amp_dtype is not None)
+            append_eval(self.run_dir, eval_record(result, checkpoint=self.run_dir, step=self.step, weights="ema",
+                                                  reference=t.fid_reference, reference_images=reference.num_images))
+            append_metrics(self.run_dir, {"step": self.step, **{k: result[k] for k in FID_METRICS}})
+            for key in FID_METRICS:
+                if result[key] is not None:
+                    writer.add_scalar(f"eval/{key}", result[key], self.step)
+            self.log(f"step {self.step}: FID {result['fid']:.4f} ({t.fid_samples} samples, {t.fid_sampler} "
+                     f"{t.fid_steps} steps, {result['wall_sec']:.0f} s)")
+        barrier(self.dist)  # the other ranks wait here rather than in the next all-reduce
 
     @torch.no_grad()
     def _sample_grid(self, writer) -> None:

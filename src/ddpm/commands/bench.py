@@ -11,7 +11,7 @@ import argparse
 import dataclasses
 import json
 
-from ddpm.commands.options import add_preset_argument
+from ddpm.commands.options import HelpFormatter, add_preset_argument
 from ddpm.config import DEVICE_HELP, DEVICES
 
 EXAMPLE = """examples:
@@ -21,8 +21,6 @@ EXAMPLE = """examples:
 
 
 def register(subparsers) -> None:
-    from ddpm.cli import HelpFormatter
-
     parser = subparsers.add_parser("bench", help="measure training and sampling speed", description=__doc__,
                                    epilog=EXAMPLE, formatter_class=HelpFormatter)
     add_preset_argument(parser)

@@ -13,10 +13,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-from datetime import datetime, timezone
 from pathlib import Path
 
-from ddpm.commands.options import MODEL_SOURCES, add_amp_argument, add_compile_argument, positive_int
+from ddpm.commands.options import MODEL_SOURCES, HelpFormatter, add_amp_argument, add_compile_argument, positive_int
 from ddpm.config import DEVICES, MIN_EVAL_SAMPLES, SAMPLERS
 
 EXAMPLE = """examples:
@@ -36,8 +35,6 @@ def _step_list(text: str) -> list[int]:
 
 
 def register(subparsers) -> None:
-    from ddpm.cli import HelpFormatter
-
     parser = subparsers.add_parser("eval", help="sample from a checkpoint and compute FID, KID, precision/recall",
                                    description=__doc__, epilog=EXAMPLE, formatter_class=HelpFormatter)
     parser.add_argument("checkpoint", metavar="CHECKPOINT", help=MODEL_SOURCES)
@@ -81,11 +78,12 @@ def _summary(record: dict) -> str:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from ddpm.checkpoint import load_model
     from ddpm.distributed import resolve_device
     from ddpm.errors import ConfigError
-    from ddpm.evaluate import FID_PLOT, append_record, check_steps, evaluate, plot_fid_vs_nfe
+    from ddpm.evaluate import FID_PLOT, check_steps, evaluate, plot_fid_vs_nfe
     from ddpm.metrics import load_source, source_kind
+    from ddpm.runlog import append_eval, eval_record
+    from ddpm.model_io import load_model
 
     if args.num_samples < MIN_EVAL_SAMPLES:
         raise ConfigError(f"--num-samples must be at least {MIN_EVAL_SAMPLES} (precision/recall use the 3rd nearest "
@@ -110,10 +108,9 @@ def run(args: argparse.Namespace) -> int:
             keep = Path(args.keep_samples) / f"{args.sampler}-{steps}" if sweep else Path(args.keep_samples)
         result = evaluate(model, loaded.diffusion, reference, args.num_samples, args.sampler, steps, args.seed,
                           args.batch_size, device, keep, amp=args.amp)
-        record = {"checkpoint": str(loaded.source.resolve()), "step": loaded.step, "weights": loaded.weights,
-                  **result, "reference": reference_name, "reference_images": reference.num_images,
-                  "time": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-        append_record(run_dir, record)
+        record = eval_record(result, checkpoint=loaded.source, step=loaded.step, weights=loaded.weights,
+                             reference=reference_name, reference_images=reference.num_images)
+        append_eval(run_dir, record)
         records.append(record)
         print(_summary(record), flush=True)
     if sweep:

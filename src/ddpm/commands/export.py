@@ -10,12 +10,10 @@ from __future__ import annotations
 
 import argparse
 
-from ddpm.commands.options import MODEL_SOURCES
+from ddpm.commands.options import MODEL_SOURCES, HelpFormatter
 
 
 def register(subparsers) -> None:
-    from ddpm.cli import HelpFormatter
-
     parser = subparsers.add_parser("export", help="export weights as safetensors or a diffusers pipeline",
                                    description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("run", metavar="RUN", help=MODEL_SOURCES)
@@ -29,9 +27,9 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if args.format == "diffusers":
-        from ddpm.diffusers_format import export_diffusers as export
+        from ddpm.model_io import export_diffusers as export
     else:
-        from ddpm.checkpoint import export_safetensors as export
+        from ddpm.model_io import export_safetensors as export
 
     path = export(args.run, args.output, args.weights)
     print(f"wrote {path}")

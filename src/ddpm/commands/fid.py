@@ -13,13 +13,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ddpm.commands.options import positive_int
+from ddpm.commands.options import HelpFormatter, positive_int
 from ddpm.config import DEVICES
 
 
 def register(subparsers) -> None:
-    from ddpm.cli import HelpFormatter
-
     parser = subparsers.add_parser("fid", help="FID, KID and precision/recall of images against a reference",
                                    description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("a", metavar="A", help="images to evaluate (e.g. samples): folder, archive, .npz or built-in")

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import argparse
 
+from ddpm.commands.options import HelpFormatter
+
 
 def register(subparsers) -> None:
-    from ddpm.cli import HelpFormatter
-
     parser = subparsers.add_parser("import", help="convert a diffusers folder into a ddpm .safetensors",
                                    description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("folder", metavar="DIR", help="local diffusers folder (download it first, e.g. with "
@@ -25,9 +25,9 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from ddpm.checkpoint import export_safetensors
     from ddpm.diffusers_format import is_diffusers_folder
     from ddpm.errors import CheckpointError
+    from ddpm.model_io import export_safetensors
 
     if not is_diffusers_folder(Path(args.folder)):
         raise CheckpointError(f"{args.folder} is not a diffusers folder (it has neither model_index.json nor "

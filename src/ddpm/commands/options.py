@@ -1,4 +1,5 @@
-"""Command-line flags generated from the config dataclasses, so flags, help texts and defaults never drift."""
+"""What the sub-commands share: the help formatter, flags generated from the config dataclasses (so flags, help
+texts and defaults never drift) and the flags of several commands."""
 
 from __future__ import annotations
 
@@ -10,7 +11,12 @@ from typing import Any
 from ddpm.config import PRESETS, SECTIONS, flag_name
 
 
-# What every command that loads a model accepts (:func:`ddpm.checkpoint.load_model`).
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Shows every default and keeps the descriptions' line breaks."""
+
+
+# What every command that loads a model accepts (:func:`ddpm.model_io.load_model`).
 MODEL_SOURCES = "run directory (its newest checkpoint), checkpoint .pt, exported .safetensors or diffusers folder"
 
 

@@ -9,10 +9,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ddpm.commands.options import HelpFormatter
+
 
 def register(subparsers) -> None:
-    from ddpm.cli import HelpFormatter
-
     parser = subparsers.add_parser("plot", help="plot the training curves of a run (metrics.jsonl)",
                                    description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("run", metavar="RUN", help="run directory of `ddpm train` (its --save-model) or a metrics.jsonl")

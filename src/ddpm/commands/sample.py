@@ -13,13 +13,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ddpm.commands.options import MODEL_SOURCES, add_amp_argument, add_compile_argument
+from ddpm.commands.options import MODEL_SOURCES, HelpFormatter, add_amp_argument, add_compile_argument
 from ddpm.config import DEVICE_HELP, DEVICES, SAMPLERS
 
 
 def register(subparsers) -> None:
-    from ddpm.cli import HelpFormatter
-
     parser = subparsers.add_parser("sample", help="sample images from a checkpoint", description=__doc__,
                                    formatter_class=HelpFormatter)
     parser.add_argument("--load-model", required=True, metavar="PATH", help=MODEL_SOURCES)
@@ -66,13 +64,32 @@ def _check_outputs(args: argparse.Namespace) -> None:
             raise OutputError(f"cannot create --output-dir {args.output_dir}: {exc.strerror}") from None
 
 
-def run(args: argparse.Namespace) -> int:
+def _write_collections(args: argparse.Namespace, seeds: list[int], kept: dict[int, np.ndarray],
+                       folder: Path | None) -> None:
+    """--npz and the --output grid of all the images, read back from --output-dir when they went there."""
+    from PIL import Image
     from torchvision.utils import save_image
 
-    from ddpm.checkpoint import load_model
+    from ddpm.files import atomic_write
+    from ddpm.generate import grid_columns, image_path
+
+    if folder is not None:
+        kept = {s: np.asarray(Image.open(image_path(folder, s)).convert("RGB")) for s in seeds}
+    images = np.stack([kept[s] for s in seeds])
+    if args.npz:
+        atomic_write(Path(args.npz), lambda f: np.savez(f, arr_0=images))
+    if args.output:
+        grid = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255
+        kind = Image.registered_extensions()[Path(args.output).suffix.lower()]
+        atomic_write(Path(args.output), lambda f: save_image(grid, f, nrow=grid_columns(len(seeds)), padding=2,
+                                                             format=kind))
+
+
+def run(args: argparse.Namespace) -> int:
     from ddpm.distributed import barrier, cleanup, init_distributed
-    from ddpm.errors import ConfigError, OutputError
-    from ddpm.generate import generate, grid_columns, image_path, save_png
+    from ddpm.errors import ConfigError
+    from ddpm.generate import generate, image_path, save_png
+    from ddpm.model_io import load_model
 
     if args.num_samples <= 0 or args.batch_size <= 0:
         raise ConfigError("--num-samples and --batch-size must be positive")
@@ -108,20 +125,10 @@ def run(args: argparse.Namespace) -> int:
         barrier(dist)
         if not dist.is_main:
             return 0
-        if folder is not None:
-            from PIL import Image
-
-            kept = {s: np.asarray(Image.open(image_path(folder, s)).convert("RGB")) for s in seeds}
-        images = np.stack([kept[s] for s in seeds])
-        if args.npz:
-            np.savez(args.npz, arr_0=images)
-        if args.output:
-            grid = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255
-            save_image(grid, args.output, nrow=grid_columns(len(seeds)), padding=2)
+        if args.npz or args.output:
+            _write_collections(args, seeds, kept, folder)
         written = ", ".join(str(p) for p in (args.output, args.output_dir, args.npz) if p)
         print(f"wrote {len(seeds)} images to {written} ({rate:.2f} img/s)")
         return 0
-    except OSError as exc:  # e.g. a full disk while writing the images
-        raise OutputError(f"{exc.filename or 'writing the samples'}: {exc.strerror or exc}") from None
     finally:
         cleanup(dist)

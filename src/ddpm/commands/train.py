@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from ddpm.commands.options import add_config_arguments, add_preset_argument, overrides_from_args
+from ddpm.commands.options import HelpFormatter, add_config_arguments, add_preset_argument, overrides_from_args
 from ddpm.config import make_config
 from ddpm.unet import UNet, count_parameters
 
@@ -19,8 +19,6 @@ EXAMPLE = """examples:
 
 
 def register(subparsers) -> None:
-    from ddpm.cli import HelpFormatter
-
     parser = subparsers.add_parser("train", help="train a model", description=__doc__.split(";")[0] + ".",
                                    epilog=EXAMPLE, formatter_class=HelpFormatter)
     add_preset_argument(parser)

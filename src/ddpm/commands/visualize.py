@@ -14,7 +14,7 @@ import argparse
 import dataclasses
 from pathlib import Path
 
-from ddpm.commands.options import MODEL_SOURCES, positive_int
+from ddpm.commands.options import MODEL_SOURCES, HelpFormatter, positive_int
 from ddpm.config import DEVICE_HELP, DEVICES
 
 EXAMPLES = """examples:
@@ -25,7 +25,6 @@ EXAMPLES = """examples:
 
 
 def register(subparsers) -> None:
-    from ddpm.cli import HelpFormatter
     from ddpm.config import PRESETS, SAMPLERS, DiffusionConfig
 
     parser = subparsers.add_parser("visualize", help="figures of the forward and reverse process, loss and network",
@@ -121,9 +120,9 @@ def run_forward(args: argparse.Namespace) -> int:
 
 
 def run_trajectory(args: argparse.Namespace) -> int:
-    from ddpm.checkpoint import load_model
     from ddpm.distributed import resolve_device
     from ddpm.errors import ConfigError
+    from ddpm.model_io import load_model
     from ddpm.visualize import (
         every_k, number_of_steps, record_trajectory, save_figure, trajectory_figure, trajectory_gif,
     )
@@ -149,8 +148,8 @@ def run_trajectory(args: argparse.Namespace) -> int:
 
 
 def run_loss_vs_t(args: argparse.Namespace) -> int:
-    from ddpm.checkpoint import load_model
     from ddpm.distributed import resolve_device
+    from ddpm.model_io import load_model
     from ddpm.visualize import load_images, loss_figure, loss_per_timestep, save_figure, uniform_t_loss
 
     _check_output(args.output)
@@ -171,8 +170,8 @@ def run_loss_vs_t(args: argparse.Namespace) -> int:
 
 
 def run_architecture(args: argparse.Namespace) -> int:
-    from ddpm.checkpoint import load_model
     from ddpm.config import PRESETS, make_config
+    from ddpm.model_io import load_model
     from ddpm.unet import UNet, count_parameters
     from ddpm.visualize import architecture_figure, save_figure
 

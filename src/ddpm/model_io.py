@@ -1,0 +1,115 @@
+"""One door in and out for trained models: :func:`load_model` over every format, and the two exports.
+
+A model comes from a run directory (its newest checkpoint), a ``.pt`` checkpoint (:mod:`ddpm.checkpoint`), an
+exported ``.safetensors`` file (EMA weights, the config in its metadata) or a diffusers folder
+(:mod:`ddpm.diffusers_format`); whichever it is, the result is a :class:`LoadedModel`. The exports write the
+weights back out as safetensors or as a diffusers ``DDPMPipeline`` folder, keeping in their config only what
+rebuilds the model (:func:`ddpm.config.without_paths`).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ddpm import diffusers_format
+from ddpm.checkpoint import load_checkpoint, load_latest
+from ddpm.config import RunConfig, validate, without_paths
+from ddpm.diffusion import GaussianDiffusion
+from ddpm.errors import CheckpointError, DDPMError
+from ddpm.files import atomic_write, read_safetensors, safetensors_bytes
+from ddpm.unet import UNet
+
+WEIGHTS = ("ema", "raw")
+
+
+@dataclass
+class LoadedModel:
+    """A network ready for sampling, with the diffusion and config it was trained with."""
+
+    model: UNet
+    diffusion: GaussianDiffusion
+    config: RunConfig
+    step: int
+    source: Path
+    weights: str
+
+
+def _config_from(data: Any, source: Path) -> RunConfig:
+    try:
+        config = RunConfig.from_dict(data if isinstance(data, dict) else json.loads(data))
+        validate(config)
+        return config
+    except (DDPMError, ValueError, TypeError) as exc:
+        raise CheckpointError(f"{source} holds an invalid or incompatible config ({exc})") from None
+
+
+def _build(config: RunConfig, weights: dict[str, torch.Tensor], source: Path) -> UNet:
+    model = UNet(config.model)
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as exc:
+        # The first line only says "Error(s) in loading state_dict"; the next one names a mismatch.
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        raise CheckpointError(f"weights in {source} do not fit the network its config describes "
+                              f"({lines[min(1, len(lines) - 1)]})") from None
+    return model
+
+
+def _loaded(config: RunConfig, tensors: dict[str, torch.Tensor], device, step: int, source: Path,
+            weights: str) -> LoadedModel:
+    model = _build(config, tensors, source).to(device).eval()
+    return LoadedModel(model, GaussianDiffusion.from_config(config.diffusion), config, step, source, weights)
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu", weights: str = "ema") -> LoadedModel:
+    """Rebuild the network from a run directory (its newest checkpoint), a ``.pt`` checkpoint, an exported
+    ``.safetensors`` file or a diffusers folder; ``weights`` picks the EMA (default) or the raw training weights."""
+    path = Path(path)
+    if weights not in WEIGHTS:
+        raise CheckpointError(f"unknown weights {weights!r}; choose 'ema' or 'raw'")
+    if path.suffix == ".safetensors":
+        tensors, metadata = read_safetensors(path)
+        if "config" not in metadata:
+            raise CheckpointError(f"{path} has no ddpm config in its metadata; export it with `ddpm export`")
+        config = _config_from(metadata["config"], path)
+        return _loaded(config, tensors, device, int(metadata.get("step", 0)), path, metadata.get("weights", "ema"))
+    if diffusers_format.is_diffusers_folder(path):
+        if weights != "ema":
+            raise CheckpointError(f"{path} is a diffusers folder, which holds one set of weights; drop --weights "
+                                  f"{weights}")
+        config, tensors = diffusers_format.read_folder(path)
+        return _loaded(_config_from(config.to_dict(), path), tensors, device, 0, path, "published")
+    if path.is_dir():
+        found = load_latest(path)
+        if found is None:
+            raise CheckpointError(f"no checkpoint in {path}; train first or pass a checkpoint file with --load-model")
+        path, state = found
+    else:
+        state = load_checkpoint(path)
+    config = _config_from(state["config"], path)
+    has_ema = "ema" in state
+    tensors = state["ema"]["model"] if weights == "ema" and has_ema else state["model"]
+    return _loaded(config, tensors, device, int(state["step"]), path, weights if has_ema else "raw")
+
+
+def export_safetensors(source: str | Path, output: str | Path, weights: str = "ema") -> Path:
+    """Write the EMA (or raw) weights of a run or checkpoint as safetensors, config and step in the metadata."""
+    loaded = load_model(source, "cpu", weights)
+    output = Path(output)
+    tensors = {k: v.contiguous() for k, v in loaded.model.state_dict().items()}
+    metadata = {"config": json.dumps(without_paths(loaded.config).to_dict()), "step": str(loaded.step),
+                "weights": loaded.weights, "format": "ddpm"}
+    atomic_write(output, lambda f: f.write(safetensors_bytes(tensors, metadata)))
+    return output
+
+
+def export_diffusers(source: str | Path, output: str | Path, weights: str = "ema") -> Path:
+    """Write a run's EMA (or raw) weights as a ``DDPMPipeline`` folder (see
+    :func:`ddpm.diffusers_format.write_folder`); ``diffusers.DDPMPipeline.from_pretrained(output)`` loads it."""
+    loaded = load_model(source, "cpu", weights)
+    return diffusers_format.write_folder(loaded.config, loaded.model.state_dict(), Path(output))
