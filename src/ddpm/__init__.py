@@ -10,7 +10,7 @@ layer or below, wherever the import stands; tests/test_layers.py checks it, and 
     diffusion, ddpm                              # forward process, loss and sampling; this package's public names
     data, checkpoint, diffusers_format           # images and data sets; training checkpoints; the diffusers format
     model_io, generate, metrics                  # load/export any model file; images from a model; FID and friends
-    evaluate, train, bench                       # score a model; the training loop; the speed benchmark
+    policies, evaluate, train, bench             # the loop's policies; score a model; training; speed benchmark
     visualize                                    # the figures
     commands, cli, __main__                      # the command line
 """
