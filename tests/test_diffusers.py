@@ -91,11 +91,11 @@ def max_relative_error(ours: torch.Tensor, theirs: torch.Tensor) -> float:
     return ((ours - theirs).abs().max() / theirs.abs().max()).item()
 
 
-def tiny_block_run(root: Path, **model) -> Path:
+def tiny_block_run(root: Path, diffusion: dict | None = None, **model) -> Path:
     """A run directory with one checkpoint of a tiny ``skip="block"`` network in Ho et al.'s TensorFlow details,
     raw and EMA weights different, as training leaves them."""
     overrides = {"skip": "block", "norm_eps": 1e-6, "downsample_padding": "same", "activation": "silu", **model}
-    config = make_config("tiny", {"model": overrides})
+    config = make_config("tiny", {"model": overrides, "diffusion": diffusion or {}})
     states = []
     for seed in (1, 2):
         torch.manual_seed(seed)
@@ -166,12 +166,14 @@ def test_scheduler_config_becomes_our_diffusion(tmp_path):
     torch.testing.assert_close(d.betas.float(), cosine.betas, rtol=1e-5, atol=0)
 
 
-def test_ddim_10_steps_gives_diffusers_images(tmp_path):
+@pytest.mark.parametrize("prediction_type, ours", [("epsilon", "eps"), ("sample", "x0"), ("v_prediction", "v")])
+def test_ddim_10_steps_gives_diffusers_images(tmp_path, prediction_type, ours):
     """Our DDIM on our loaded network vs diffusers' DDIMScheduler loop on theirs (its default 'leading' timesteps
-    900, 800, ..., 0, passed to our sampler as they are), from the same x_T."""
+    900, 800, ..., 0, passed to our sampler as they are), from the same x_T, for each meaning of the output."""
     net = random_unet(GOOGLE_CIFAR10)
-    folder = save(net, tmp_path / "model", "pipeline")
+    folder = save(net, tmp_path / "model", "pipeline", DDPMScheduler(prediction_type=prediction_type))
     loaded = load_model(folder)
+    assert loaded.diffusion.prediction == ours
     scheduler = DDIMScheduler.from_pretrained(folder, subfolder="scheduler")
     scheduler.set_timesteps(10)
     timesteps = scheduler.timesteps.tolist()
@@ -222,6 +224,14 @@ def test_export_loads_in_ddpm_pipeline_with_our_output(tmp_path, cli):
     assert images.shape == (1, 32, 32, 3) and ((0 <= images) & (images <= 1)).all()
 
 
+@pytest.mark.parametrize("prediction, theirs", [("eps", "epsilon"), ("x0", "sample"), ("v", "v_prediction")])
+def test_each_prediction_type_goes_out_and_comes_back(tmp_path, prediction, theirs):
+    run = tiny_block_run(tmp_path, diffusion={"prediction": prediction})
+    folder = export_diffusers(run, tmp_path / "pipe")
+    assert DDPMScheduler.from_pretrained(folder, subfolder="scheduler").config.prediction_type == theirs
+    assert load_model(folder).diffusion.prediction == prediction
+
+
 @pytest.mark.parametrize("model", [{}, {"attention_heads": 2, "time_cos_first": True, "time_freq_shift": 0,
                                          "downsample_padding": "symmetric", "norm_eps": 1e-5}])
 def test_ours_to_diffusers_to_ours_is_bit_identical(tmp_path, model):
@@ -265,7 +275,7 @@ REFUSED_UNETS = {
     "some_future_option": dict(some_future_option=True),
 }
 REFUSED_SCHEDULERS = {
-    "prediction_type": dict(prediction_type="v_prediction"),
+    "prediction_type": dict(prediction_type="flow_prediction"),
     "beta_schedule": dict(beta_schedule="scaled_linear"),
     "variance_type": dict(variance_type="learned_range"),
     "trained_betas": dict(trained_betas=[0.1, 0.2]),

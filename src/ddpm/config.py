@@ -17,14 +17,15 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from ddpm.errors import ConfigError
-from ddpm.schedules import SCHEDULES, VARIANCES, NoiseSchedule
+from ddpm.schedules import PREDICTIONS, SCHEDULES, VARIANCES, NoiseSchedule
 
 
 _DURATION = re.compile(r"(?:(\d+(?:\.\d*)?)h)?(?:(\d+(?:\.\d*)?)m(?:in)?)?(?:(\d+(?:\.\d*)?)s)?")
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DEVICE_HELP = "device (auto: CUDA when available, else Apple's MPS, else the CPU)"
-SAMPLERS = ("ddpm", "ddim", "dpm++2m")  # the samplers of ddpm.samplers, by the names every command takes
+SAMPLERS = ("ddpm", "ddim", "dpm++2m")
+LOSS_WEIGHTS = ("uniform", "min-snr")  # the samplers of ddpm.samplers, by the names every command takes
 # Precision/recall use each sample's 3rd nearest neighbour, so every evaluation needs at least 4 samples.
 MIN_EVAL_SAMPLES = 4
 
@@ -128,6 +129,12 @@ class DiffusionConfig:
         "or the posterior beta-tilde_t ('fixed_small')",
         choices=VARIANCES,
     )
+    prediction: str = _opt(
+        "eps",
+        "what the network predicts: 'eps', the noise (Ho et al.); 'x0', the clean image; 'v' = sqrt(alpha-bar) eps - "
+        "sqrt(1 - alpha-bar) x0 (Salimans & Ho 2022). Every sampler, the loss and the diffusers export follow it",
+        choices=PREDICTIONS,
+    )
 
 
 @dataclass(frozen=True)
@@ -152,6 +159,12 @@ class TrainConfig:
     steplr_steps: int = _opt(100_000, "period of the 'step' schedule", bound="positive")
     steplr_factor: float = _opt(0.5, "factor applied every --steplr-steps by the 'step' schedule")
     grad_clip: float = _opt(0.0, "clip the global gradient norm to this value (0: off)", bound="non_negative")
+    loss_weight: str = _opt(
+        "uniform",
+        "weight of each timestep's squared error: 'uniform' (Ho et al.'s L_simple) or 'min-snr', min(SNR, gamma) "
+        "expressed for --prediction (Hang et al. 2023): eps: min(SNR, gamma)/SNR, x0: min(SNR, gamma), v: "
+        "min(SNR, gamma)/(SNR + 1)", choices=LOSS_WEIGHTS)
+    min_snr_gamma: float = _opt(5.0, "gamma of --loss-weight min-snr (Hang et al.'s default: 5)")
     ema_decay: float = _opt(0.9999, "decay of the exponential moving average of the weights (0: off); with a "
                                     "warm-up, the value the decay grows towards")
     ema_warmup: str = _opt(
@@ -355,7 +368,9 @@ def validate(config: RunConfig) -> None:
         raise ConfigError("--downsample-padding applies to the 3x3 down-sampling of --skip block; the k4 convolutions "
                           "of --skip level always pad symmetrically")
     # Building the schedule refuses a linear beta range outside (0, 1) and warns when x_T is not pure noise.
-    NoiseSchedule(d.timesteps, d.beta_start, d.beta_end, d.schedule, d.variance)
+    NoiseSchedule(d.timesteps, d.beta_start, d.beta_end, d.schedule, d.variance, d.prediction)
+    if not (math.isfinite(t.min_snr_gamma) and t.min_snr_gamma > 0):
+        raise ConfigError(f"--min-snr-gamma must be a positive number, got {t.min_snr_gamma}")
     if not 0 < t.lr < 1:
         raise ConfigError(f"--lr must be in (0, 1), got {t.lr}")
     if not 0 <= m.dropout < 1:

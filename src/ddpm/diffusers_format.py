@@ -71,6 +71,8 @@ SCHEDULER_SAMPLING_OPTIONS = {
     "timestep_spacing", "steps_offset", "set_alpha_to_one",
 }
 SCHEDULES = {"linear": "linear", "squaredcos_cap_v2": "cosine"}  # diffusers' beta_schedule -> ours
+# diffusers' prediction_type -> our --prediction.
+PREDICTION_TYPES = {"epsilon": "eps", "sample": "x0", "v_prediction": "v"}
 
 # Our module -> diffusers' module inside each residual block; both have a .weight and a .bias.
 RESBLOCK = (("in_layers.0", "norm1"), ("in_layers.2", "conv1"), ("emb_proj.1", "time_emb_proj"),
@@ -155,14 +157,15 @@ def diffusion_config(scheduler: dict[str, Any]) -> DiffusionConfig:
     if unknown:
         raise _refuse(unknown[0], scheduler[unknown[0]], "this field is unknown to ddpm's converter")
     s = {**SCHEDULER_DEFAULTS, **scheduler}
-    fixed = {"trained_betas": (None,), "prediction_type": ("epsilon",), "rescale_betas_zero_snr": (False,),
-             "beta_schedule": tuple(SCHEDULES), "variance_type": ("fixed_small", "fixed_large")}
+    fixed = {"trained_betas": (None,), "prediction_type": tuple(PREDICTION_TYPES),
+             "rescale_betas_zero_snr": (False,), "beta_schedule": tuple(SCHEDULES),
+             "variance_type": ("fixed_small", "fixed_large")}
     for field, allowed in fixed.items():
         if s[field] not in allowed:
             raise _refuse(field, s[field], f"ddpm has {' or '.join(map(json.dumps, allowed))}")
     return DiffusionConfig(timesteps=s["num_train_timesteps"], beta_start=float(s["beta_start"]),
                            beta_end=float(s["beta_end"]), schedule=SCHEDULES[s["beta_schedule"]],
-                           variance=s["variance_type"])
+                           variance=s["variance_type"], prediction=PREDICTION_TYPES[s["prediction_type"]])
 
 
 def _attention_head_dim(m: ModelConfig) -> int | None:
@@ -208,7 +211,7 @@ def scheduler_config(d: DiffusionConfig) -> dict[str, Any]:
     schedule = {ours: theirs for theirs, ours in SCHEDULES.items()}[d.schedule]
     config = {"_class_name": "DDPMScheduler", "_diffusers_version": DIFFUSERS_VERSION, **SCHEDULER_DEFAULTS,
               "num_train_timesteps": d.timesteps, "beta_schedule": schedule, "variance_type": d.variance,
-              "clip_sample": True}
+              "clip_sample": True, "prediction_type": {v: k for k, v in PREDICTION_TYPES.items()}[d.prediction]}
     if d.schedule == "linear":  # the range in use, defaults resolved: diffusers never rescales it with T
         config["beta_start"], config["beta_end"] = linear_beta_range(d.timesteps, d.beta_start, d.beta_end)
     return config

@@ -3,7 +3,7 @@ and sampling.
 
 Notation follows Ho et al. (2020); the schedule and its coefficients are :class:`ddpm.schedules.NoiseSchedule`,
 the sampling loops :mod:`ddpm.samplers`. This module joins the two for the rest of the project: a network is passed
-to each method, never owned, so any ``model(x_t, t) -> eps`` works.
+to each method, never owned, so any ``model(x_t, t)`` that returns eps, x_0 or v (as ``prediction`` says) works.
 """
 
 from __future__ import annotations
@@ -14,19 +14,21 @@ import torch.nn.functional as F
 from ddpm import samplers
 from ddpm.config import DiffusionConfig
 from ddpm.samplers import Model
-from ddpm.schedules import NoiseSchedule
+from ddpm.errors import ConfigError
+from ddpm.schedules import NoiseSchedule, min_snr_weight, prediction_target
 
 
 class GaussianDiffusion(NoiseSchedule):
-    """Forward process q(x_t | x_0), posterior q(x_{t-1} | x_t, x_0), loss and sampling for eps-prediction models.
+    """Forward process q(x_t | x_0), posterior q(x_{t-1} | x_t, x_0), loss and sampling.
 
-    Built like its :class:`~ddpm.schedules.NoiseSchedule` (T, beta range, schedule, variance) or from a
+    Built like its :class:`~ddpm.schedules.NoiseSchedule` (T, beta range, schedule, variance, prediction) or from a
     :class:`~ddpm.config.DiffusionConfig` with :meth:`from_config`.
     """
 
     @classmethod
     def from_config(cls, config: DiffusionConfig) -> "GaussianDiffusion":
-        return cls(config.timesteps, config.beta_start, config.beta_end, config.schedule, config.variance)
+        return cls(config.timesteps, config.beta_start, config.beta_end, config.schedule, config.variance,
+                   config.prediction)
 
     def q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
         """x_t = sqrt(alpha-bar_t) x_0 + sqrt(1 - alpha-bar_t) eps, a sample of q(x_t | x_0) (eq. 4)."""
@@ -46,9 +48,13 @@ class GaussianDiffusion(NoiseSchedule):
         return torch.randint(0, self.timesteps, (batch,), device=device, generator=generator)
 
     def loss(self, model: Model, x0: torch.Tensor, t: torch.Tensor | None = None, noise: torch.Tensor | None = None,
-             generator: torch.Generator | None = None) -> torch.Tensor:
-        """L_simple = E_{t, x_0, eps} || eps - eps_theta(x_t, t) ||^2 (eq. 14, Algorithm 1), averaged over pixels.
+             generator: torch.Generator | None = None, weighting: str = "uniform",
+             gamma: float = 5.0) -> torch.Tensor:
+        """The squared error of the network's prediction, averaged over pixels and the batch (Algorithm 1).
 
+        The target is what ``prediction`` says (:func:`~ddpm.schedules.prediction_target`): for eps and ``weighting
+        = "uniform"`` this is L_simple = E_{t, x_0, eps} || eps - eps_theta(x_t, t) ||^2 (eq. 14). ``"min-snr"``
+        weights each image's error by :func:`~ddpm.schedules.min_snr_weight` (Hang et al. 2023) with ``gamma``.
         ``t`` and ``noise`` are drawn (from ``generator`` if given) unless passed in.
         """
         if t is None:
@@ -57,7 +63,15 @@ class GaussianDiffusion(NoiseSchedule):
             noise = torch.randn(x0.shape, generator=generator, device=generator.device if generator else x0.device,
                                 dtype=x0.dtype).to(x0.device)
         prediction = model(self.q_sample(x0, t, noise), t)
-        return F.mse_loss(prediction.float(), noise.float())
+        target = prediction_target(x0, noise, self._extract("sqrt_alphas_cumprod", t, x0),
+                                   self._extract("sqrt_one_minus_alphas_cumprod", t, x0), self.prediction)
+        if weighting == "uniform":
+            return F.mse_loss(prediction.float(), target.float())
+        if weighting != "min-snr":
+            raise ConfigError(f"unknown loss weighting {weighting!r}; choose 'uniform' or 'min-snr'")
+        per_image = (prediction.float() - target.float()).square().flatten(1).mean(1)
+        weight = min_snr_weight(self._extract("snr", t, per_image), gamma, self.prediction)
+        return (weight * per_image).mean()
 
     def sample(self, model: Model, shape: tuple[int, ...], sampler: str = "ddpm", steps: int | None = None,
                eta: float = 0.0, clip_denoised: bool = True, generator=None, device=None, callback=None,

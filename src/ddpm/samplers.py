@@ -6,7 +6,8 @@
 * :func:`dpm_solver_pp_2m` - DPM-Solver++(2M), Lu et al. (2022), Algorithm 2: a second-order multistep solver
   of the diffusion ODE in data-prediction form.
 
-Every sampler calls ``model(x_t, t)`` with ``t`` a long tensor of the *original* integer timesteps, draws its
+Every sampler calls ``model(x_t, t)`` with ``t`` a long tensor of the *original* integer timesteps (the output is
+eps, x_0 or v as the schedule's ``prediction`` says), draws its
 noise from ``generator`` (one ``torch.Generator`` or a list with one per image, so that an image depends only on
 its own seed, not on the batch it is in) and calls ``callback(i, t, x_t, x0_pred)`` after every step.
 """
@@ -20,9 +21,9 @@ import torch
 
 from ddpm.config import SAMPLERS
 from ddpm.errors import ConfigError
-from ddpm.schedules import NoiseSchedule
+from ddpm.schedules import NoiseSchedule, split_prediction
 
-# What the samplers call: ``model(x_t, t) -> eps_theta(x_t, t)``, t a long tensor of (original) timesteps.
+# What the samplers call: ``model(x_t, t)`` -> eps, x_0 or v (the schedule's ``prediction``), t a long tensor.
 Model = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 Generator = torch.Generator | Sequence[torch.Generator] | None
@@ -50,13 +51,14 @@ def sampling_timesteps(timesteps: int, steps: int) -> list[int]:
 
 
 def _predict(model: Model, diffusion: NoiseSchedule, x: torch.Tensor, t: int, clip: bool):
-    """eps_theta(x_t, t) and the x_0 it implies (eq. 4 solved for x_0), optionally clipped to [-1, 1].
+    """eps and x_0 of the network's output at (x_t, t), whatever it predicts (:func:`ddpm.schedules.split_prediction`),
+    with x_0 optionally clipped to [-1, 1].
 
     When clipping, eps is recomputed from the clipped x_0 so that the two stay consistent.
     """
     abar = diffusion.alphas_cumprod[t].item()
-    eps = model(x, torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)).to(x.dtype)
-    x0 = (x - math.sqrt(1 - abar) * eps) / math.sqrt(abar)
+    output = model(x, torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)).to(x.dtype)
+    eps, x0 = split_prediction(output, x, math.sqrt(abar), math.sqrt(1 - abar), diffusion.prediction)
     if clip:
         x0 = x0.clamp(-1, 1)
         eps = (x - math.sqrt(abar) * x0) / math.sqrt(1 - abar)

@@ -23,6 +23,7 @@ HO_BETA_START, HO_BETA_END, HO_TIMESTEPS = 1e-4, 0.02, 1000
 MAX_ALPHA_BAR_T = 1e-3
 SCHEDULES = ("linear", "cosine")
 VARIANCES = ("fixed_large", "fixed_small")
+PREDICTIONS = ("eps", "x0", "v")  # what a network's output means, see split_prediction
 
 
 class ScheduleWarning(DDPMWarning):
@@ -67,14 +68,67 @@ def cosine_betas(timesteps: int, s: float = 0.008, max_beta: float = 0.999) -> t
     return torch.tensor(betas, dtype=torch.float64)
 
 
+def split_prediction(output: torch.Tensor, x_t: torch.Tensor, alpha: float | torch.Tensor,
+                     sigma: float | torch.Tensor, prediction: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(eps, x_0) implied by a network ``output`` that means ``prediction``, at a step with alpha = sqrt(alpha-bar_t)
+    and sigma = sqrt(1 - alpha-bar_t) (floats, or tensors that broadcast against ``x_t``).
+
+    The three targets are one identity, x_t = alpha x_0 + sigma eps (Ho et al. 2020, eq. 4), with v = alpha eps -
+    sigma x_0 (Salimans & Ho 2022, sec. 4); since alpha^2 + sigma^2 = 1, any one of eps, x_0, v and x_t gives the
+    others:
+
+    * ``"eps"``: x_0 = (x_t - sigma eps) / alpha;
+    * ``"x0"``:  eps = (x_t - alpha x_0) / sigma;
+    * ``"v"``:   x_0 = alpha x_t - sigma v,  eps = sigma x_t + alpha v.
+    """
+    if prediction == "eps":
+        return output, (x_t - sigma * output) / alpha
+    if prediction == "x0":
+        return (x_t - alpha * output) / sigma, output
+    if prediction == "v":
+        return sigma * x_t + alpha * output, alpha * x_t - sigma * output
+    raise ConfigError(f"unknown prediction {prediction!r}; choose one of {', '.join(PREDICTIONS)}")
+
+
+def prediction_target(x0: torch.Tensor, eps: torch.Tensor, alpha: float | torch.Tensor, sigma: float | torch.Tensor,
+                      prediction: str) -> torch.Tensor:
+    """What a network that predicts ``prediction`` should output for x_t = alpha x_0 + sigma eps: eps, x_0 or
+    v = alpha eps - sigma x_0 (the inverse of :func:`split_prediction`)."""
+    if prediction == "eps":
+        return eps
+    if prediction == "x0":
+        return x0
+    if prediction == "v":
+        return alpha * eps - sigma * x0
+    raise ConfigError(f"unknown prediction {prediction!r}; choose one of {', '.join(PREDICTIONS)}")
+
+
+def min_snr_weight(snr: torch.Tensor, gamma: float, prediction: str) -> torch.Tensor:
+    """The min-SNR-gamma loss weight of Hang et al. (2023, eq. 7 and sec. 3.4) for a network predicting
+    ``prediction``: the x_0-loss weight min(SNR, gamma) expressed for each target, since ||eps - eps_hat||^2 =
+    SNR ||x_0 - x0_hat||^2 and ||v - v_hat||^2 = (SNR + 1) ||x_0 - x0_hat||^2:
+
+    * ``"eps"``: min(SNR, gamma) / SNR;  * ``"x0"``: min(SNR, gamma);  * ``"v"``: min(SNR, gamma) / (SNR + 1).
+    """
+    clipped = snr.clamp(max=gamma)
+    if prediction == "eps":
+        return clipped / snr
+    if prediction == "x0":
+        return clipped
+    if prediction == "v":
+        return clipped / (snr + 1)
+    raise ConfigError(f"unknown prediction {prediction!r}; choose one of {', '.join(PREDICTIONS)}")
+
+
 class NoiseSchedule:
-    """beta_t of a named schedule with everything derived from it, and the reverse-process variance choice.
+    """beta_t of a named schedule with everything derived from it, the reverse-process variance choice and what the
+    network's output means (``prediction``: eps, x0 or v, see :func:`split_prediction`).
 
     The samplers read only this; :class:`ddpm.diffusion.GaussianDiffusion` adds the forward process and the loss.
     """
 
     def __init__(self, timesteps: int = 1000, beta_start: float | None = None, beta_end: float | None = None,
-                 schedule: str = "linear", variance: str = "fixed_large"):
+                 schedule: str = "linear", variance: str = "fixed_large", prediction: str = "eps"):
         """``beta_start``/``beta_end``: see :func:`linear_beta_range` (None: Ho et al.'s range scaled to T).
 
         Warns (:class:`ScheduleWarning`) when alpha-bar_T > :data:`MAX_ALPHA_BAR_T`.
@@ -90,7 +144,9 @@ class NoiseSchedule:
             raise ConfigError(f"unknown schedule {schedule!r}; choose 'linear' or 'cosine'")
         if variance not in VARIANCES:
             raise ConfigError(f"unknown variance {variance!r}; choose 'fixed_large' or 'fixed_small'")
-        self.timesteps, self.schedule, self.variance = timesteps, schedule, variance
+        if prediction not in PREDICTIONS:
+            raise ConfigError(f"unknown prediction {prediction!r}; choose one of {', '.join(PREDICTIONS)}")
+        self.timesteps, self.schedule, self.variance, self.prediction = timesteps, schedule, variance, prediction
 
         self.betas = betas
         self.alphas = 1.0 - betas
@@ -98,6 +154,7 @@ class NoiseSchedule:
         self.alphas_cumprod_prev = torch.cat([torch.ones(1, dtype=torch.float64), self.alphas_cumprod[:-1]])
         self.sqrt_alphas_cumprod = self.alphas_cumprod.sqrt()
         self.sqrt_one_minus_alphas_cumprod = (1.0 - self.alphas_cumprod).sqrt()
+        self.snr = self.alphas_cumprod / (1.0 - self.alphas_cumprod)  # signal-to-noise ratio of x_t
         # Posterior q(x_{t-1} | x_t, x_0) = N(mean_coef1 * x_0 + mean_coef2 * x_t, beta-tilde_t)  (eqs. 6-7).
         self.posterior_variance = betas * (1.0 - self.alphas_cumprod_prev) / (1.0 - self.alphas_cumprod)
         self.posterior_mean_coef1 = betas * self.alphas_cumprod_prev.sqrt() / (1.0 - self.alphas_cumprod)

@@ -164,7 +164,8 @@ class Trainer:
         if t.channels_last:
             x0 = x0.contiguous(memory_format=torch.channels_last)
         with autocast(self.device, self.amp_dtype):
-            loss = self.diffusion.loss(self.train_model, x0, generator=self.generator)
+            loss = self.diffusion.loss(self.train_model, x0, generator=self.generator, weighting=t.loss_weight,
+                                       gamma=t.min_snr_gamma)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.unscale_(self.optimizer)
