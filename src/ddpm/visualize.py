@@ -21,7 +21,7 @@ import torchvision.transforms.functional as TF
 from matplotlib.figure import Figure
 from PIL import Image, ImageDraw
 
-from ddpm.data import (
+from ddpm.datasets import (
     DATA_HELP, IMAGE_EXTENSIONS, _is_image_name, decode_image, download_cifar10, find_cifar10, is_archive,
     list_images, read_cifar10,
 )
