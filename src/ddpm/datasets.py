@@ -1,8 +1,8 @@
 """Reading image data sets into uint8 tensors (N, 3, R, R): CIFAR-10 (found in a folder, or downloaded into ./data),
-folders of images and .zip/.tar(.gz) archives of them.
+folders of images and .zip/.tar(.gz) archives of them; all of a source, or a few spread evenly over it.
 
-This is the one place that finds, decodes and resizes images, so that training (``ddpm.data``) and the FID
-references (``ddpm.metrics``) see the same pixels of the same source.
+This is the one place that finds, decodes and resizes images, so that training (``ddpm.data``), the FID references
+(``ddpm.metrics``) and the figures see the same pixels of the same source.
 """
 
 from __future__ import annotations
@@ -289,3 +289,54 @@ def read_images(path: str | Path, resolution: int | None = None, skip_bad: bool 
         return _stack([img for batch in loader for img in batch], path)
     return _stack(_decode_all(((shown, data) for _, shown, data in _image_files(path)), resolution, skip_bad), path)
 
+
+# -------------------------------------------------------------------------------------- a few images of a source
+def spread_indices(total: int, count: int | None) -> list[int]:
+    """``count`` indices spread evenly over ``range(total)`` (the middle of each of ``count`` equal slices), so a
+    few images of a class-sorted data set come from different classes; all of them when ``count`` is None."""
+    if count is None or count >= total:
+        return list(range(total))
+    return [int((i + 0.5) * total / count) for i in range(count)]
+
+
+def _in_split(name: str, split: str) -> bool:
+    return split in Path(name).parts[:-1]
+
+
+def _keep_split(names: list[str], split: str | None) -> list[str]:
+    """Names below a folder called ``split`` when there are any (e.g. ``test/`` of an archive), else all."""
+    if split is None:
+        return names
+    inside = [n for n in names if _in_split(n, split)]
+    return inside or names
+
+
+def load_images(data_dir: str | Path | None, num_images: int | None, resolution: int, split: str | None = None,
+                default_root: str | Path = "data") -> tuple[torch.Tensor, str]:
+    """Up to ``num_images`` images of a source, spread evenly over it, as uint8 (N, 3, R, R), and a description.
+
+    Sources are those ``ddpm train --data-dir`` reads, decoded and resized as training does: CIFAR-10 pickles
+    (``split`` picks "train" or "test", default "train"), a folder or a .zip/.tar(.gz) of images (with ``split``,
+    only the files below a folder of that name when there are any, as in ``test/`` of the CIFAR-10 JPEG archive)
+    and, without ``data_dir``, CIFAR-10 in ``default_root`` (downloaded if absent). Files are listed in sorted
+    order and only the chosen ones are decoded, so that a handful of images from a 60,000-file archive take
+    seconds, not minutes.
+    """
+    path = source_path(data_dir, default_root)
+    cifar = find_cifar10(path)
+    if cifar is not None:
+        split = split or "train"
+        images = read_cifar10(cifar, split)
+        images = resize_cifar10(images[spread_indices(len(images), num_images)], resolution)
+        return images, f"CIFAR-10 {split} ({cifar})"
+
+    def choose(names: list[str]) -> list[str]:
+        names = _keep_split(names, split)
+        return [names[i] for i in spread_indices(len(names), num_images)]
+
+    files = list(_image_files(path, choose))
+    if not files:
+        raise _no_images(path)
+    images = torch.stack([decode_image(data, resolution, shown) for _, shown, data in files])
+    where = f" (below {split}/)" if split is not None and all(_in_split(n, split) for n, _, _ in files) else ""
+    return images, f"{len(images)} images of {path}{where}"

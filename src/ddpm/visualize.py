@@ -9,22 +9,15 @@ from __future__ import annotations
 
 import json
 import math
-import tarfile
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import torch
-import torchvision.transforms.functional as TF
 from matplotlib.figure import Figure
 from PIL import Image, ImageDraw
 
-from ddpm.datasets import (
-    DATA_HELP, IMAGE_EXTENSIONS, _is_image_name, decode_image, download_cifar10, find_cifar10, is_archive,
-    list_images, read_cifar10,
-)
 from ddpm.diffusion import GaussianDiffusion, Model
 from ddpm.errors import ConfigError, DataError
 from ddpm.generate import to_uint8
@@ -57,88 +50,6 @@ def _tile(rows: Sequence[Sequence[np.ndarray]], pad: int = 1, fill: int = 255) -
             y, x = pad + i * (h + pad), pad + j * (w + pad)
             out[y:y + h, x:x + w] = image
     return out
-
-
-# --------------------------------------------------------------------------------------------------------- images
-def spread_indices(total: int, count: int | None) -> list[int]:
-    """``count`` indices spread evenly over ``range(total)`` (the middle of each of ``count`` equal slices), so a
-    few images of a class-sorted data set come from different classes; all of them when ``count`` is None."""
-    if count is None or count >= total:
-        return list(range(total))
-    return [int((i + 0.5) * total / count) for i in range(count)]
-
-
-def _in_split(name: str, split: str) -> bool:
-    return split in Path(name).parts[:-1]
-
-
-def _keep_split(names: list[str], split: str | None) -> list[str]:
-    """Names below a folder called ``split`` when there are any (e.g. ``test/`` of an archive), else all."""
-    if split is None:
-        return names
-    inside = [n for n in names if _in_split(n, split)]
-    return inside or names
-
-
-def load_images(data_dir: str | Path | None, num_images: int | None, resolution: int, split: str | None = None,
-                default_root: str | Path = "data") -> tuple[torch.Tensor, str]:
-    """Up to ``num_images`` images of a source, spread evenly over it, as uint8 (N, 3, R, R), and a description.
-
-    Sources are those ``ddpm train --data-dir`` reads: CIFAR-10 pickles (``split`` picks "train" or "test",
-    default "train"), a folder or a .zip/.tar(.gz) of images (with ``split``, only the files below a folder of
-    that name when there are any, as in ``test/`` of the CIFAR-10 JPEG archive) and, without ``data_dir``,
-    CIFAR-10 in ``default_root`` (downloaded if absent). Files are listed in sorted order and only the chosen
-    ones are decoded, so that a handful of images from a 60,000-file archive take seconds, not minutes.
-    """
-    if data_dir is None:
-        root = Path(default_root)
-        source = find_cifar10(root) if root.exists() else None
-        data_dir = source if source is not None else download_cifar10(root)
-    path = Path(data_dir)
-    if not path.exists():
-        raise DataError(f"--data-dir {path} does not exist; {DATA_HELP}")
-    cifar = find_cifar10(path)
-    if cifar is not None:
-        split = split or "train"
-        images = read_cifar10(cifar, split)
-        images = images[spread_indices(len(images), num_images)]
-        if resolution != 32:
-            images = torch.stack([TF.resize(img, resolution, antialias=True) for img in images])
-        return images, f"CIFAR-10 {split} ({cifar})"
-    if is_archive(path):
-        names, decoded = _read_archive(path, num_images, resolution, split)
-    elif path.is_dir():
-        files = {str(f.relative_to(path)): f for f in list_images(path)}
-        names = _keep_split(sorted(files), split)
-        names = [names[i] for i in spread_indices(len(names), num_images)]
-        decoded = [decode_image(files[n], resolution, str(files[n])) for n in names]
-    else:
-        raise DataError(f"{path} is neither a folder nor a .zip/.tar(.gz) archive of images; {DATA_HELP}")
-    if not decoded:
-        raise DataError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) found in {path}; {DATA_HELP}")
-    where = f" (below {split}/)" if split is not None and all(_in_split(n, split) for n in names) else ""
-    return torch.stack(decoded), f"{len(decoded)} images of {path}{where}"
-
-
-def _read_archive(path: Path, num_images: int | None, resolution: int, split: str | None
-                  ) -> tuple[list[str], list[torch.Tensor]]:
-    """The chosen images of an archive: one pass lists the names, then only those members are read."""
-    try:
-        if path.name.lower().endswith(".zip"):
-            with zipfile.ZipFile(path) as zf:
-                names = _keep_split(sorted(n for n in zf.namelist() if _is_image_name(n)), split)
-                names = [names[i] for i in spread_indices(len(names), num_images)]
-                return names, [decode_image(zf.read(n), resolution, f"{path}:{n}") for n in names]
-        with tarfile.open(path) as tar:
-            members = {m.name: m for m in tar.getmembers() if m.isfile() and _is_image_name(m.name)}
-            names = _keep_split(sorted(members), split)
-            names = [names[i] for i in spread_indices(len(names), num_images)]
-            # Read in archive order: a compressed tar only seeks forward cheaply.
-            data = {m.name: tar.extractfile(m).read() for m in sorted((members[n] for n in names),
-                                                                       key=lambda m: m.offset_data)}
-            return names, [decode_image(data[n], resolution, f"{path}:{n}") for n in names]
-    except (zipfile.BadZipFile, tarfile.TarError, EOFError, OSError) as exc:
-        raise DataError(f"cannot read archive {path}: {exc}") from None
 
 
 # ------------------------------------------------------------------------------------------------ forward process

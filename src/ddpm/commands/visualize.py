@@ -109,7 +109,8 @@ def _check_output(*paths: str | Path) -> None:
 
 
 def run_forward(args: argparse.Namespace) -> int:
-    from ddpm.visualize import forward_figure, load_images, save_figure, scaled_timesteps
+    from ddpm.datasets import load_images
+    from ddpm.visualize import forward_figure, save_figure, scaled_timesteps
 
     _check_output(args.output)
     images, description = load_images(args.data_dir, args.num_images, args.resolution)
@@ -151,7 +152,8 @@ def run_trajectory(args: argparse.Namespace) -> int:
 def run_loss_vs_t(args: argparse.Namespace) -> int:
     from ddpm.checkpoint import load_model
     from ddpm.distributed import resolve_device
-    from ddpm.visualize import load_images, loss_figure, loss_per_timestep, save_figure, uniform_t_loss
+    from ddpm.datasets import load_images
+    from ddpm.visualize import loss_figure, loss_per_timestep, save_figure, uniform_t_loss
 
     _check_output(args.output)
     device = resolve_device(args.device)
