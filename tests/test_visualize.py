@@ -15,11 +15,12 @@ from conftest import TINY, write_image_folder
 from ddpm.checkpoint import load_model
 from ddpm.cli import main
 from ddpm.diffusion import GaussianDiffusion
+from ddpm.figures.architecture import describe_unet
+from ddpm.figures.curves import read_metrics, smooth
+from ddpm.figures.forward import scaled_timesteps
+from ddpm.figures.loss import loss_per_timestep, uniform_t_loss
+from ddpm.figures.trajectory import every_k, record_trajectory
 from ddpm.unet import count_parameters, create_model
-from ddpm.visualize import (
-    describe_unet, every_k, loss_per_timestep, read_metrics, record_trajectory, scaled_timesteps, smooth,
-    uniform_t_loss,
-)
 
 
 @pytest.fixture(scope="module")
