@@ -65,7 +65,7 @@ def speed(args) -> None:
     base = {k: statistics.median(v) for k, v in rates["float32"].items()}
     print(f"{args.preset} preset, batch {args.batch_size}, {torch.get_num_threads()} threads, torch {torch.__version__}; "
           f"median of {args.rounds} rounds of {args.steps} steps")
-    print(f"| variant | train img/s | vs float32 | forward img/s | vs float32 |\n| --- | --- | --- | --- | --- |")
+    print("| variant | train img/s | vs float32 | forward img/s | vs float32 |\n| --- | --- | --- | --- | --- |")
     for name, r in rates.items():
         tr_, fw = statistics.median(r["train"]), statistics.median(r["forward"])
         print(f"| {name} | {tr_:.1f} | {tr_ / base['train']:.2f}x | {fw:.1f} | {fw / base['forward']:.2f}x |")

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from ddpm.config import DEVICES
-from ddpm.data import read_images
+from ddpm.datasets import read_images
 from ddpm.metrics import FeatureStats, frechet_distance, inception_features, kernel_inception_distance, precision_recall
 
 ARCHIVE = "/work/shared/data/cifar10-jpeg.tar.gz"

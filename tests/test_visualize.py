@@ -4,8 +4,6 @@ the pixel size its layout promises; the numbers behind the figures are checked a
 from __future__ import annotations
 
 import json
-import tarfile
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -13,15 +11,17 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import TINY, write_cifar10, write_image_folder
+from conftest import TINY, write_image_folder
 from ddpm.cli import main
 from ddpm.diffusion import GaussianDiffusion
+from ddpm.figures.architecture import describe_unet
+from ddpm.figures.curves import smooth
+from ddpm.figures.forward import scaled_timesteps
+from ddpm.figures.loss import loss_per_timestep, uniform_t_loss
+from ddpm.figures.trajectory import every_k, record_trajectory
 from ddpm.model_io import load_model
+from ddpm.runlog import read_metrics
 from ddpm.unet import count_parameters, create_model
-from ddpm.visualize import (
-    describe_unet, every_k, load_images, loss_per_timestep, read_metrics, record_trajectory, scaled_timesteps,
-    smooth, spread_indices, uniform_t_loss,
-)
 
 
 @pytest.fixture(scope="module")
@@ -37,37 +37,6 @@ def run_dir(tmp_path_factory) -> Path:
 def _size(path: Path) -> tuple[int, int]:
     with Image.open(path) as image:
         return image.size
-
-
-# ------------------------------------------------------------------------------------------------------ images
-def test_spread_indices_cover_the_source_evenly():
-    assert spread_indices(60, 6) == [5, 15, 25, 35, 45, 55]
-    assert spread_indices(3, 5) == [0, 1, 2]
-    assert spread_indices(4, None) == [0, 1, 2, 3]
-
-
-def test_load_images_from_every_source(tmp_path, cifar_dir):
-    split_folder = tmp_path / "split"
-    for split, count in (("train", 6), ("test", 3)):
-        write_image_folder(split_folder / split, count=count, seed=len(split))
-    images, description = load_images(split_folder, None, 16, split="test")
-    assert images.shape == (3, 3, 16, 16) and images.dtype == torch.uint8 and "below test/" in description
-    assert load_images(split_folder, 4, 16)[0].shape == (4, 3, 16, 16)  # no split: all 9 files, 4 of them
-
-    archive = tmp_path / "images.tar.gz"
-    with tarfile.open(archive, "w:gz") as tar:
-        tar.add(split_folder, arcname="data")
-    from_tar, _ = load_images(archive, None, 16, split="test")
-    assert torch.equal(from_tar, images)  # same files, same sorted order, same decoding
-    zipped = tmp_path / "images.zip"
-    with zipfile.ZipFile(zipped, "w") as zf:
-        for f in sorted(split_folder.rglob("*.png")) + sorted(split_folder.rglob("*.jpg")):
-            zf.write(f, f.relative_to(split_folder))
-    assert load_images(zipped, 2, 16, split="train")[0].shape == (2, 3, 16, 16)
-
-    test, description = load_images(cifar_dir, 5, 32, split="test")
-    assert test.shape == (5, 3, 32, 32) and "CIFAR-10 test" in description
-    assert load_images(cifar_dir, None, 16)[0].shape == (40, 3, 16, 16)  # train split by default, resized
 
 
 # --------------------------------------------------------------------------------------------------- forward

@@ -8,10 +8,10 @@ layer or below, wherever the import stands; tests/test_layers.py checks it, and 
     config                                       # the dataclasses: flags, defaults, constraints, presets
     samplers, unet, ema, distributed             # sampling loops; the network; weight averaging; devices and ranks
     diffusion, ddpm                              # forward process, loss and sampling; this package's public names
-    data, checkpoint, diffusers_format           # images and data sets; training checkpoints; the diffusers format
+    datasets, data, checkpoint, diffusers_format # read images/data sets; the training stream; checkpoints; diffusers
     model_io, generate, metrics                  # load/export any model file; images from a model; FID and friends
     policies, evaluate, train, bench             # the loop's policies; score a model; training; speed benchmark
-    visualize                                    # the figures
+    figures                                      # the figures
     commands, cli, __main__                      # the command line
 """
 

@@ -1,249 +1,28 @@
-"""Training data: CIFAR-10 (the original pickles, downloaded when absent), image folders and image archives.
+"""The training data stream: the source of ``--data-dir`` opened for training, and the batch of every step.
 
-Every source becomes uint8 images (N, C, R, R). Small data sets live in one tensor (on the GPU when training
-there); folders too large for memory are decoded lazily by a DataLoader. Either way the batch at a training step
-is a pure function of (seed, step), see :class:`StepBatches`, so a resumed run sees exactly the data it would have
-seen, whatever the number of ranks.
+Reading the images is :mod:`ddpm.datasets`' job; this module decides how training holds them and which of them each
+step sees. Small data sets live in one tensor (on the GPU when training there); folders too large for memory are
+decoded lazily by a DataLoader. Either way the batch at a training step is a pure function of (seed, step), see
+:class:`StepBatches`, so a resumed run sees exactly the data it would have seen, whatever the number of ranks.
 """
 
 from __future__ import annotations
 
-import io
-import os
-import pickle
-import tarfile
-import warnings
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 import torch
-import torchvision.transforms.functional as TF
-from PIL import Image, UnidentifiedImageError
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
+from ddpm.datasets import (
+    CIFAR10_MD5, CIFAR10_URL, ImageFolderDataset, find_cifar10, list_images, read_cifar10, read_images,
+    resize_cifar10, source_path,
+)
 from ddpm.errors import DataError
 
-CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
-CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
-CIFAR10_ARCHIVE = "cifar-10-python.tar.gz"
-CIFAR10_FOLDER = "cifar-10-batches-py"
-CIFAR10_SPLITS = {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]}
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".ppm")
-ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz")
 IN_MEMORY_LIMIT = 4 << 30  # bytes of uint8 pixels kept in one tensor; larger folders stream through a DataLoader
-DATA_HELP = (
-    "pass --data-dir PATH: a folder of images, a .zip/.tar(.gz) of images, or a folder holding "
-    f"{CIFAR10_FOLDER}/ or {CIFAR10_ARCHIVE}"
-)
-
-
-# ----------------------------------------------------------------------------------------------- CIFAR-10 pickles
-class _ArrayUnpickler(pickle.Unpickler):
-    """Unpickles dicts of NumPy arrays and nothing else, so a data file cannot run code."""
-
-    ALLOWED = {
-        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-        ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
-        ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
-        ("numpy._core.multiarray", "scalar"), ("_codecs", "encode"),
-    }
-
-    def find_class(self, module: str, name: str):
-        if (module, name) not in self.ALLOWED:
-            raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
-        return super().find_class(module, name)
-
-
-def _parse_cifar_batch(raw: bytes, name: str) -> np.ndarray:
-    """One CIFAR-10 batch file: a pickled dict with b"data", an N x 3072 uint8 array in channel-major order."""
-    try:
-        batch = _ArrayUnpickler(io.BytesIO(raw), encoding="bytes").load()
-        data = np.asarray(batch[b"data"], dtype=np.uint8)
-        return data.reshape(-1, 3, 32, 32)
-    except Exception as exc:  # any malformed content: name the file
-        raise DataError(f"{name} is not a CIFAR-10 python batch file ({exc})") from None
-
-
-def find_cifar10(path: Path) -> Path | None:
-    """The CIFAR-10 pickles at ``path``: the batches folder, a folder holding it or the archive, or None."""
-    candidates = [path, path / CIFAR10_FOLDER, path / CIFAR10_ARCHIVE] if path.is_dir() else [path]
-    for candidate in candidates:
-        if candidate.is_dir() and (candidate / "data_batch_1").is_file():
-            return candidate
-        if candidate.is_file() and candidate.name.endswith((".tar.gz", ".tgz", ".tar")) and _is_cifar_archive(candidate):
-            return candidate
-    return None
-
-
-def _is_cifar_archive(path: Path) -> bool:
-    try:
-        with tarfile.open(path) as tar:
-            return any(m.name.endswith(f"{CIFAR10_FOLDER}/data_batch_1") for m in tar.getmembers())
-    except (tarfile.TarError, OSError):
-        return False
-
-
-def read_cifar10(path: str | Path, split: str = "train") -> torch.Tensor:
-    """CIFAR-10 ``split`` ("train": 50,000 images, "test": 10,000) as uint8 (N, 3, 32, 32).
-
-    ``path`` is the ``cifar-10-batches-py`` folder, a folder containing it or ``cifar-10-python.tar.gz``, or
-    the archive itself. The archive is read without unpacking it.
-    """
-    source = find_cifar10(Path(path))
-    if source is None:
-        raise DataError(f"no CIFAR-10 python batches at {path}; {DATA_HELP}")
-    names = CIFAR10_SPLITS[split]
-    if source.is_dir():
-        missing = [n for n in names if not (source / n).is_file()]
-        if missing:
-            raise DataError(f"CIFAR-10 folder {source} lacks {', '.join(missing)}")
-        arrays = [_parse_cifar_batch((source / n).read_bytes(), str(source / n)) for n in names]
-    else:
-        with tarfile.open(source) as tar:
-            members = {Path(m.name).name: m for m in tar.getmembers() if m.isfile()}
-            missing = [n for n in names if n not in members]
-            if missing:
-                raise DataError(f"CIFAR-10 archive {source} lacks {', '.join(missing)}")
-            arrays = [_parse_cifar_batch(tar.extractfile(members[n]).read(), f"{source}:{n}") for n in names]
-    return torch.from_numpy(np.concatenate(arrays))
-
-
-def download_cifar10(root: str | Path, url: str = CIFAR10_URL, md5: str | None = CIFAR10_MD5) -> Path:
-    """Download ``cifar-10-python.tar.gz`` into ``root`` (checked against ``md5``) and return its path."""
-    from torchvision.datasets.utils import check_integrity, download_url
-
-    root = Path(root)
-    target = root / CIFAR10_ARCHIVE
-    if target.is_file() and check_integrity(str(target), md5):
-        return target
-    partial = root / f".{CIFAR10_ARCHIVE}.part"  # renamed only once complete and verified
-    try:
-        download_url(url, str(root), partial.name)
-    except Exception as exc:
-        partial.unlink(missing_ok=True)
-        raise DataError(f"could not download CIFAR-10 from {url} ({exc.__class__.__name__}: {exc}); {DATA_HELP}") from None
-    if not check_integrity(str(partial), md5):
-        partial.unlink(missing_ok=True)
-        raise DataError(f"the CIFAR-10 download from {url} failed its checksum; try again or {DATA_HELP}")
-    os.replace(partial, target)
-    return target
-
-
-# ---------------------------------------------------------------------------------------- image folders and archives
-def is_archive(path: Path) -> bool:
-    return path.is_file() and path.name.lower().endswith(ARCHIVE_SUFFIXES)
-
-
-def _is_image_name(name: str) -> bool:
-    base = os.path.basename(name)
-    return name.lower().endswith(IMAGE_EXTENSIONS) and not base.startswith(".")
-
-
-def list_images(folder: str | Path) -> list[Path]:
-    """Image files below ``folder`` (recursively, hidden files skipped), in a stable sorted order."""
-    return sorted(p for p in Path(folder).rglob("*") if p.is_file() and _is_image_name(str(p.relative_to(folder))))
-
-
-def decode_image(data: bytes | Path, resolution: int | None, name: str) -> torch.Tensor:
-    """One image as uint8 RGB (3, R, R): the shorter side resized to R (antialiased), then the centre cropped.
-
-    ``resolution=None`` keeps the image's own size. Unreadable files raise :class:`DataError` naming them.
-    """
-    try:
-        with Image.open(io.BytesIO(data) if isinstance(data, bytes) else data) as img:
-            img = img.convert("RGB")
-            if resolution is not None and img.size != (resolution, resolution):
-                img = TF.center_crop(TF.resize(img, resolution, interpolation=TF.InterpolationMode.BICUBIC,
-                                               antialias=True), resolution)
-            return TF.pil_to_tensor(img)
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
-        raise DataError(f"cannot read image {name}: {exc}; remove it or pass --skip-bad-images") from None
-
-
-def _archive_members(path: Path) -> Iterator[tuple[str, bytes]]:
-    """(name, bytes) of every image in a .zip or .tar(.gz), in sorted name order."""
-    try:
-        if path.name.lower().endswith(".zip"):
-            with zipfile.ZipFile(path) as zf:
-                for name in sorted(n for n in zf.namelist() if _is_image_name(n)):
-                    yield name, zf.read(name)
-        else:
-            with tarfile.open(path) as tar:
-                # Read in archive order, then hand out in name order: a compressed tar seeks backwards by
-                # decompressing again from the start, so reading 60,000 CIFAR JPEGs by name took hours, not seconds.
-                members = [m for m in tar.getmembers() if m.isfile() and _is_image_name(m.name)]
-                data = {m.name: tar.extractfile(m).read() for m in sorted(members, key=lambda m: m.offset_data)}
-                for name in sorted(data):
-                    yield name, data[name]
-    except (zipfile.BadZipFile, tarfile.TarError, EOFError, OSError) as exc:
-        raise DataError(f"cannot read archive {path}: {exc}") from None
-
-
-def _decode_all(items, resolution: int | None, skip_bad: bool) -> list[torch.Tensor]:
-    images = []
-    for name, data in items:
-        try:
-            images.append(decode_image(data, resolution, name))
-        except DataError as exc:
-            if not skip_bad:
-                raise
-            warnings.warn(f"skipping {exc}", stacklevel=2)
-    return images
-
-
-def _stack(images: list[torch.Tensor], source: Path) -> torch.Tensor:
-    if not images:
-        raise DataError(f"no readable images in {source}; {DATA_HELP}")
-    sizes = {tuple(i.shape) for i in images}
-    if len(sizes) > 1:
-        raise DataError(f"images in {source} have different sizes {sorted(sizes)[:3]}; pass a resolution to resize them")
-    return torch.stack(images)
-
-
-class ImageFolderDataset(Dataset):
-    """Lazily decoded images of a folder, as uint8 (3, R, R); a bad file gives None with ``skip_bad``."""
-
-    def __init__(self, folder: str | Path, resolution: int, skip_bad: bool = False):
-        self.folder, self.resolution, self.skip_bad = Path(folder), resolution, skip_bad
-        self.files = list_images(folder)
-        if not self.files:
-            raise DataError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) found in {folder}; {DATA_HELP}")
-
-    def __len__(self) -> int:
-        return len(self.files)
-
-    def __getitem__(self, index: int) -> torch.Tensor | None:
-        try:
-            return decode_image(self.files[index], self.resolution, str(self.files[index]))
-        except DataError as exc:
-            if not self.skip_bad:
-                raise
-            warnings.warn(f"skipping {exc}", stacklevel=2)
-            return None
-
-
-def _collate_uint8(batch: list[torch.Tensor | None]) -> torch.Tensor:
-    kept = [b for b in batch if b is not None]
-    return torch.stack(kept) if kept else torch.empty(0, dtype=torch.uint8)
-
-
-def read_images(path: str | Path, resolution: int | None = None, skip_bad: bool = False,
-                num_workers: int = 0) -> torch.Tensor:
-    """All images of a folder (recursive) or a .zip/.tar(.gz) archive as one uint8 (N, 3, R, R) tensor."""
-    path = Path(path)
-    if is_archive(path):
-        return _stack(_decode_all(_archive_members(path), resolution, skip_bad), path)
-    if not path.is_dir():
-        raise DataError(f"{path} is neither a folder nor a .zip/.tar(.gz) archive of images; {DATA_HELP}")
-    if resolution is None:
-        files = list_images(path)
-        return _stack(_decode_all(((str(f), f) for f in files), None, skip_bad), path)
-    dataset = ImageFolderDataset(path, resolution, skip_bad)
-    loader = DataLoader(dataset, batch_size=256, num_workers=num_workers, collate_fn=_collate_uint8)
-    return _stack([img for batch in loader for img in batch], path)
 
 
 # ------------------------------------------------------------------------------------------------ training sources
@@ -262,29 +41,16 @@ class TrainingData:
 def open_training_data(data_dir: str | None, resolution: int, skip_bad: bool = False, num_workers: int = 0,
                        default_root: str | Path = "data", url: str = CIFAR10_URL, md5: str | None = CIFAR10_MD5
                        ) -> TrainingData:
-    """Resolve ``--data-dir`` (see :data:`DATA_HELP`); without it use CIFAR-10 in ``default_root``, downloading it."""
-    if data_dir is None:
-        root = Path(default_root)
-        source = find_cifar10(root) if root.exists() else None
-        if source is None:
-            source = download_cifar10(root, url, md5)
-        data_dir = str(source)
-    path = Path(data_dir)
-    if not path.exists():
-        raise DataError(f"--data-dir {path} does not exist; {DATA_HELP}")
+    """Resolve ``--data-dir`` (see :func:`ddpm.datasets.source_path`): CIFAR-10's train split, or the images of a
+    folder or an archive, in memory unless they need more than :data:`IN_MEMORY_LIMIT` bytes."""
+    path = source_path(data_dir, default_root, url, md5)
     cifar = find_cifar10(path)
     if cifar is not None:
-        images = read_cifar10(cifar, "train")
-        if resolution != 32:
-            images = torch.stack([TF.resize(TF.center_crop(img, 32), resolution, antialias=True) for img in images])
+        images = resize_cifar10(read_cifar10(cifar, "train"), resolution)
         return TrainingData(f"CIFAR-10 train ({cifar}, {len(images)} images)", images=images)
-    if path.is_dir():
-        files = list_images(path)
-        if not files:
-            raise DataError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) found in {path}; {DATA_HELP}")
-        if len(files) * 3 * resolution * resolution > IN_MEMORY_LIMIT:
-            dataset = ImageFolderDataset(path, resolution, skip_bad)
-            return TrainingData(f"image folder {path} ({len(dataset)} images, streamed)", dataset=dataset)
+    if path.is_dir() and len(list_images(path)) * 3 * resolution * resolution > IN_MEMORY_LIMIT:
+        dataset = ImageFolderDataset(path, resolution, skip_bad)
+        return TrainingData(f"image folder {path} ({len(dataset)} images, streamed)", dataset=dataset)
     images = read_images(path, resolution, skip_bad, num_workers)
     return TrainingData(f"images in {path} ({len(images)} images)", images=images)
 
@@ -342,7 +108,7 @@ def iterate_batches(data: TrainingData, batches: StepBatches, start: int, stop: 
             yield images[batches.indices(step).to(device)]
         return
     loader = DataLoader(data.dataset, batch_sampler=_StepSampler(batches, start, stop), num_workers=num_workers,
-                        collate_fn=_collate_uint8, pin_memory=device.type == "cuda",
+                        collate_fn=ImageFolderDataset.collate, pin_memory=device.type == "cuda",
                         persistent_workers=num_workers > 0)
     for batch in loader:
         yield batch.to(device, non_blocking=True)

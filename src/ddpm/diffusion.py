@@ -33,8 +33,8 @@ class GaussianDiffusion(NoiseSchedule):
     def q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
         """x_t = sqrt(alpha-bar_t) x_0 + sqrt(1 - alpha-bar_t) eps, a sample of q(x_t | x_0) (eq. 4)."""
         noise = torch.randn_like(x0) if noise is None else noise
-        return (self._extract("sqrt_alphas_cumprod", t, x0) * x0
-                + self._extract("sqrt_one_minus_alphas_cumprod", t, x0) * noise)
+        alpha, sigma = self.alpha_sigma(t, x0)
+        return alpha * x0 + sigma * noise
 
     def q_posterior(self, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean and variance of q(x_{t-1} | x_t, x_0) (eqs. 6-7)."""
@@ -63,8 +63,7 @@ class GaussianDiffusion(NoiseSchedule):
             noise = torch.randn(x0.shape, generator=generator, device=generator.device if generator else x0.device,
                                 dtype=x0.dtype).to(x0.device)
         prediction = model(self.q_sample(x0, t, noise), t)
-        target = prediction_target(x0, noise, self._extract("sqrt_alphas_cumprod", t, x0),
-                                   self._extract("sqrt_one_minus_alphas_cumprod", t, x0), self.prediction)
+        target = prediction_target(x0, noise, *self.alpha_sigma(t, x0), self.prediction)
         if weighting == "uniform":
             return F.mse_loss(prediction.float(), target.float())
         if weighting != "min-snr":

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from ddpm.data import CIFAR10_FOLDER, download_cifar10, find_cifar10, read_cifar10, read_images
+from ddpm.datasets import CIFAR10_ARCHIVE, CIFAR10_FOLDER, default_cifar10, find_cifar10, read_cifar10, read_images
 from ddpm.distributed import resolve_device
 from ddpm.errors import DataError, DDPMError
 
@@ -292,13 +292,10 @@ def _reference_stats(name: str, data_dir: str | None, num_images: int | None, **
     cached = cache_dir() / "fid" / f"{name}-{num_images or 'all'}.npz"
     if cached.is_file():
         return FeatureStats.load(cached)
-    root = Path(data_dir or "data")
-    source = find_cifar10(root) if root.exists() else None
+    source = default_cifar10() if data_dir is None else find_cifar10(Path(data_dir))
     if source is None:
-        if data_dir is not None:
-            raise DataError(f"no CIFAR-10 python batches in --data-dir {data_dir}; point it at a folder holding "
-                            f"{CIFAR10_FOLDER}/ or cifar-10-python.tar.gz")
-        source = download_cifar10(root)
+        raise DataError(f"no CIFAR-10 python batches in --data-dir {data_dir}; point it at a folder holding "
+                        f"{CIFAR10_FOLDER}/ or {CIFAR10_ARCHIVE}")
     stats = _stats_of_images(read_cifar10(source, REFERENCES[name]), num_images, name, **kwargs)
     cached.parent.mkdir(parents=True, exist_ok=True)
     partial = cached.with_suffix(".partial")

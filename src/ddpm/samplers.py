@@ -163,19 +163,26 @@ def dpm_solver_pp_2m(model: Model, diffusion: NoiseSchedule, x_T: torch.Tensor, 
     return x
 
 
+def default_steps(sampler: str, timesteps: int) -> int:
+    """The steps :func:`sample` takes when given none: all T for "ddpm", 50 for "ddim" and "dpm++2m" (at most T for
+    "ddim" and T - 1 for "dpm++2m", see :func:`dpm_solver_pp_2m`)."""
+    if sampler == "ddpm":
+        return timesteps
+    return min(50, timesteps if sampler == "ddim" else max(timesteps - 1, 1))
+
+
 def sample(model: Model, diffusion: NoiseSchedule, x_T: torch.Tensor, sampler: str = "ddpm",
            steps: int | None = None, eta: float = 0.0, clip_denoised: bool = True, generator: Generator = None,
            callback: Callback = None) -> torch.Tensor:
-    """Run ``sampler`` from ``x_T``. ``steps=None``: all T steps for "ddpm", 50 for "ddim" and "dpm++2m"
-    (at most T for "ddim" and T - 1 for "dpm++2m", see :func:`dpm_solver_pp_2m`)."""
+    """Run ``sampler`` from ``x_T`` in ``steps`` steps (None: :func:`default_steps`)."""
     T = diffusion.timesteps
     if sampler == "ddpm":
         ts = None if steps is None or steps == T else sampling_timesteps(T, steps)
         return ddpm_sample(model, diffusion, x_T, ts, clip_denoised, generator, callback)
     if sampler == "ddim":
-        steps = min(50, T) if steps is None else steps
+        steps = default_steps(sampler, T) if steps is None else steps
         return ddim_sample(model, diffusion, x_T, sampling_timesteps(T, steps), eta, clip_denoised, generator, callback)
     if sampler == "dpm++2m":
-        steps = min(50, max(T - 1, 1)) if steps is None else steps
+        steps = default_steps(sampler, T) if steps is None else steps
         return dpm_solver_pp_2m(model, diffusion, x_T, steps, clip_denoised, callback)
     raise ConfigError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")

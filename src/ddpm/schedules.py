@@ -188,6 +188,16 @@ class NoiseSchedule:
         values = self._device_cache[key][t].to(like.dtype)
         return values.reshape(-1, *([1] * (like.dim() - 1)))
 
+    def alpha_sigma(self, t: torch.Tensor, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """alpha = sqrt(alpha-bar_t) and sigma = sqrt(1 - alpha-bar_t) for each t, shaped to broadcast against
+        ``like``: x_t = alpha x_0 + sigma eps (eq. 4)."""
+        return self._extract("sqrt_alphas_cumprod", t, like), self._extract("sqrt_one_minus_alphas_cumprod", t, like)
+
+    def eps_and_x0(self, output: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(eps, x_0) of a network ``output`` at (x_t, t), read as this schedule's ``prediction``
+        (:func:`split_prediction`)."""
+        return split_prediction(output, x_t, *self.alpha_sigma(t, x_t), self.prediction)
+
     def predict_x0(self, x_t: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
         """x_0 = (x_t - sqrt(1 - alpha-bar_t) eps) / sqrt(alpha-bar_t), eq. 4 solved for x_0."""
         return (x_t - self._extract("sqrt_one_minus_alphas_cumprod", t, x_t) * eps) / self._extract(

@@ -253,7 +253,7 @@ class Trainer:
 
     def _fid_reference(self):
         """The statistics ``--fid-every`` compares with, loaded once (built-in ones are cached across runs)."""
-        from ddpm.data import find_cifar10
+        from ddpm.datasets import find_cifar10
         from ddpm.evaluate import check_steps
         from ddpm.metrics import load_source, source_kind
 

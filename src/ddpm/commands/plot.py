@@ -27,7 +27,9 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ddpm.errors import ConfigError, DataError
-    from ddpm.visualize import metrics_figure, read_metrics, save_figure
+    from ddpm.figures.common import save_figure
+    from ddpm.figures.curves import metrics_figure
+    from ddpm.runlog import read_metrics
 
     if not 0 <= args.smoothing < 1:
         raise ConfigError(f"--smoothing must be in [0, 1), got {args.smoothing}")

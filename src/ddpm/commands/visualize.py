@@ -108,7 +108,9 @@ def _check_output(*paths: str | Path) -> None:
 
 
 def run_forward(args: argparse.Namespace) -> int:
-    from ddpm.visualize import forward_figure, load_images, save_figure, scaled_timesteps
+    from ddpm.datasets import load_images
+    from ddpm.figures.common import save_figure
+    from ddpm.figures.forward import forward_figure, scaled_timesteps
 
     _check_output(args.output)
     images, description = load_images(args.data_dir, args.num_images, args.resolution)
@@ -122,10 +124,9 @@ def run_forward(args: argparse.Namespace) -> int:
 def run_trajectory(args: argparse.Namespace) -> int:
     from ddpm.distributed import resolve_device
     from ddpm.errors import ConfigError
+    from ddpm.figures.common import save_figure
+    from ddpm.figures.trajectory import every_k, number_of_steps, record_trajectory, trajectory_figure, trajectory_gif
     from ddpm.model_io import load_model
-    from ddpm.visualize import (
-        every_k, number_of_steps, record_trajectory, save_figure, trajectory_figure, trajectory_gif,
-    )
 
     gif = args.gif or str(Path(args.output).with_suffix(".gif"))
     _check_output(args.output, gif)
@@ -148,9 +149,11 @@ def run_trajectory(args: argparse.Namespace) -> int:
 
 
 def run_loss_vs_t(args: argparse.Namespace) -> int:
+    from ddpm.datasets import load_images
     from ddpm.distributed import resolve_device
+    from ddpm.figures.common import save_figure
+    from ddpm.figures.loss import loss_figure, loss_per_timestep, uniform_t_loss
     from ddpm.model_io import load_model
-    from ddpm.visualize import load_images, loss_figure, loss_per_timestep, save_figure, uniform_t_loss
 
     _check_output(args.output)
     device = resolve_device(args.device)
@@ -171,9 +174,10 @@ def run_loss_vs_t(args: argparse.Namespace) -> int:
 
 def run_architecture(args: argparse.Namespace) -> int:
     from ddpm.config import PRESETS, make_config
+    from ddpm.figures.architecture import architecture_figure
+    from ddpm.figures.common import save_figure
     from ddpm.model_io import load_model
     from ddpm.unet import UNet, count_parameters
-    from ddpm.visualize import architecture_figure, save_figure
 
     _check_output(args.output)
     if args.source in PRESETS and not Path(args.source).exists():

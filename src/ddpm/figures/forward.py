@@ -1,0 +1,70 @@
+"""The forward-process figure: real images noised by q(x_t | x_0) for the linear and cosine schedules, with the
+curves of alpha-bar_t and SNR(t)."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+
+from ddpm.diffusion import GaussianDiffusion
+from ddpm.figures.common import quarter_inches, tile
+from ddpm.generate import to_uint8
+
+# The timesteps of the forward-process figure, given for T = 1000 and scaled to other T.
+FORWARD_TIMESTEPS = (0, 100, 250, 500, 750, 999)
+SCHEDULE_COLORS = {"linear": "tab:blue", "cosine": "tab:orange"}
+
+
+def scaled_timesteps(timesteps: int, at_1000: Sequence[int] = FORWARD_TIMESTEPS) -> list[int]:
+    """Timesteps given for T = 1000 mapped to the same fraction t/1000 of a process of ``timesteps`` = T steps."""
+    return sorted({min(round(t * timesteps / 1000), timesteps - 1) for t in at_1000})
+
+
+def snr(diffusion: GaussianDiffusion) -> torch.Tensor:
+    """Signal-to-noise ratio of x_t: SNR(t) = alpha-bar_t / (1 - alpha-bar_t) (Kingma et al. 2021, eq. 2)."""
+    return diffusion.alphas_cumprod / (1 - diffusion.alphas_cumprod)
+
+
+def forward_figure(images: torch.Tensor, timesteps: int = 1000, beta_start: float | None = None,
+                   beta_end: float | None = None, seed: int = 0) -> Figure:
+    """q(x_t | x_0) of ``images`` (uint8) at :data:`FORWARD_TIMESTEPS` for the linear and cosine schedules, with
+    alpha-bar_t and SNR(t) of both below.
+
+    Each x_t = sqrt(alpha-bar_t) x_0 + sqrt(1 - alpha-bar_t) eps (Ho et al. 2020, eq. 4) uses the same eps in
+    every panel, so the columns differ only by alpha-bar_t and the two grids only by the schedule.
+    """
+    schedules = {name: GaussianDiffusion(timesteps, beta_start, beta_end, name) for name in SCHEDULE_COLORS}
+    ts = scaled_timesteps(timesteps)
+    x0 = images.float() / 127.5 - 1
+    eps = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed))
+    n = len(images)
+    fig = Figure(figsize=(12, quarter_inches(0.75 * n + 4.5)), layout="constrained")
+    grid = fig.add_gridspec(2, 2, height_ratios=[0.75 * n + 0.5, 3.25])
+    for col, (name, diffusion) in enumerate(schedules.items()):
+        noisy = [to_uint8(diffusion.q_sample(x0, torch.full((n,), t), eps).clamp(-1, 1)).numpy() for t in ts]
+        rows = [[x_t[i] for x_t in noisy] for i in range(n)]
+        ax = fig.add_subplot(grid[0, col])
+        ax.imshow(tile(rows), interpolation="nearest")
+        size = images.shape[-1] + 1
+        ax.set_xticks([1 + size * (j + 0.5) for j in range(len(ts))], [f"t={t}" for t in ts])
+        ax.set_yticks([])
+        ax.tick_params(length=0)
+        ax.set_title(f"{name} schedule: x_t ~ q(x_t | x_0)", color=SCHEDULE_COLORS[name])
+    t_axis = np.arange(timesteps)
+    abar = fig.add_subplot(grid[1, 0])
+    ratio = fig.add_subplot(grid[1, 1])
+    for name, diffusion in schedules.items():
+        abar.plot(t_axis, diffusion.alphas_cumprod.numpy(), label=name, color=SCHEDULE_COLORS[name])
+        ratio.semilogy(t_axis, snr(diffusion).numpy(), label=name, color=SCHEDULE_COLORS[name])
+    for ax, title in ((abar, "ᾱ_t: fraction of the signal's variance left"), (ratio, "SNR(t) = ᾱ_t / (1 − ᾱ_t)")):
+        for t in ts:
+            ax.axvline(t, color="0.85", lw=0.8, zorder=0)
+        ax.set_xlabel("timestep t")
+        ax.set_title(title)
+        ax.legend()
+        ax.set_xlim(0, timesteps - 1)
+    fig.suptitle(f"The forward process, T = {timesteps} (the same noise ε in every panel)")
+    return fig

@@ -1,0 +1,86 @@
+"""The loss-per-timestep figure: a model's training loss on held-out images, measured per timestep bucket."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+from matplotlib.figure import Figure
+
+from ddpm.diffusion import GaussianDiffusion
+from ddpm.errors import ConfigError
+from ddpm.samplers import Model
+
+
+@dataclass
+class BucketLoss:
+    """L_simple averaged over the images of one timestep range [start, stop)."""
+
+    start: int
+    stop: int
+    mean: float
+    stderr: float
+    count: int
+
+
+@torch.no_grad()
+def loss_per_timestep(model: Model, diffusion: GaussianDiffusion, images: torch.Tensor, buckets: int = 10,
+                      batch_size: int = 128, seed: int = 0, device: torch.device | str = "cpu") -> list[BucketLoss]:
+    """The training loss ||eps - eps_theta(x_t, t)||^2 (Ho et al. 2020, eq. 14) per timestep bucket; a network that
+    predicts x0 or v is scored on the eps its output implies (:meth:`ddpm.schedules.NoiseSchedule.eps_and_x0`), so that
+    the curves of all three compare.
+
+    Every image is noised once per bucket at a t drawn uniformly inside it, with noise and t from a generator
+    seeded with ``seed``, so two checkpoints are compared on the same (x_0, t, eps). The mean over buckets
+    weighted by their width is the uniform-t loss that training minimises.
+    """
+    T = diffusion.timesteps
+    if not 1 <= buckets <= T:
+        raise ConfigError(f"--buckets must be between 1 and T = {T}, got {buckets}")
+    edges = [round(b * T / buckets) for b in range(buckets + 1)]
+    generator = torch.Generator().manual_seed(seed)
+    x0_all = images.float() / 127.5 - 1
+    results = []
+    for start, stop in zip(edges[:-1], edges[1:]):
+        losses = []
+        for i in range(0, len(x0_all), batch_size):
+            x0 = x0_all[i:i + batch_size]
+            t = torch.randint(start, stop, (len(x0),), generator=generator)
+            noise = torch.randn(x0.shape, generator=generator)
+            x0, t, noise = x0.to(device), t.to(device), noise.to(device)
+            x_t = diffusion.q_sample(x0, t, noise)
+            eps, _ = diffusion.eps_and_x0(model(x_t, t).float(), x_t, t)
+            losses.append((eps - noise).pow(2).mean(dim=(1, 2, 3)).cpu())
+        per_image = torch.cat(losses).double()
+        stderr = per_image.std().item() / math.sqrt(len(per_image)) if len(per_image) > 1 else 0.0
+        results.append(BucketLoss(start, stop, per_image.mean().item(), stderr, len(per_image)))
+    return results
+
+
+def uniform_t_loss(rows: Sequence[BucketLoss]) -> float:
+    """The buckets' losses weighted by their widths: the loss under t ~ Uniform{0..T-1}."""
+    return sum(r.mean * (r.stop - r.start) for r in rows) / sum(r.stop - r.start for r in rows)
+
+
+def loss_figure(rows: Sequence[BucketLoss], title: str) -> Figure:
+    """The loss per timestep bucket on a log scale, the uniform-t mean as a line.
+
+    Each bucket is a point at its mean with a horizontal bar over its timesteps and whiskers of one standard error;
+    not a bar chart, whose bar heights on a log axis would depend on where the axis happens to start.
+    """
+    fig = Figure(figsize=(8, 4.5), layout="constrained")
+    ax = fig.add_subplot()
+    half = [(r.stop - r.start) / 2 for r in rows]
+    ax.errorbar([r.start + h for r, h in zip(rows, half)], [r.mean for r in rows], xerr=half,
+                yerr=[r.stderr for r in rows], fmt="o", color="tab:blue", ecolor="tab:blue", capsize=2, ms=4)
+    mean = uniform_t_loss(rows)
+    ax.axhline(mean, color="tab:red", ls="--", lw=1, label=f"mean over t ~ U{{0..T-1}}: {mean:.4f}")
+    ax.set_yscale("log")
+    ax.set_xlim(rows[0].start, rows[-1].stop)
+    ax.set_xlabel("timestep t (bucket)")
+    ax.set_ylabel("‖ε − ε_θ(x_t, t)‖² per pixel")
+    ax.legend()
+    ax.set_title(title, fontsize=10)
+    return fig
