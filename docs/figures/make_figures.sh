@@ -9,7 +9,7 @@
 #       mkdir -p cifar10-jpeg && tar xzf ../shared/data/cifar10-jpeg.tar.gz -C cifar10-jpeg
 #
 # Run it from the root of the repository. The commands are the ones shown next to each figure in the documents.
-# The first three figures need no model; the last four use RUN. Each command prints what it drew (checkpoint and
+# The first four figures need no model; the last four use RUN. Each command prints what it drew (checkpoint and
 # step included): put that step in the captions of docs/guide.md when the figures come from a new checkpoint.
 set -euo pipefail
 
@@ -19,6 +19,9 @@ DATA=${2:-cifar10-jpeg}
 
 # The forward process q(x_t | x_0) on real images, linear vs cosine schedule, with alpha-bar_t and SNR(t).
 ddpm visualize forward --data-dir "$DATA/train" --num-images 4 --output docs/figures/forward.png
+
+# SNR(t) and what each target (eps, x0, v) and min-SNR-5 weigh at each t (no data, no model).
+ddpm visualize loss-weights --output docs/figures/loss-weights.png
 
 # The two UNets (built from the presets, no training needed).
 ddpm visualize architecture seed --output docs/figures/architecture-seed.png

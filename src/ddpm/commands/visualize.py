@@ -21,7 +21,8 @@ EXAMPLES = """examples:
   ddpm visualize forward --data-dir cifar10-jpeg.tar.gz --num-images 4 --output forward.png
   ddpm visualize trajectory runs/tiny --sampler ddim --sampling-steps 20 --every 2
   ddpm visualize loss-vs-t runs/tiny --data-dir ./data --num-images 512
-  ddpm visualize architecture ho2020 --output ho2020.png"""
+  ddpm visualize architecture ho2020 --output ho2020.png
+  ddpm visualize loss-weights --gamma 5 --output weights.png"""
 
 
 def register(subparsers) -> None:
@@ -96,6 +97,11 @@ def register(subparsers) -> None:
                        "drawn by walking the network built from a preset or checkpoint", "architecture.png")
     architecture.add_argument("source", metavar="SOURCE", nargs="?", default="seed",
                               help=f"a preset ({', '.join(PRESETS)}) or a {MODEL_SOURCES}")
+
+    weights = add("loss-weights", "SNR(t) and the weight that eps-, x0- and v-prediction and min-SNR-gamma put on the "
+                  "x0 error at each timestep", "loss_weights.png")
+    weights.add_argument("--time-steps", type=positive_int, default=diffusion.timesteps, help="T")
+    weights.add_argument("--gamma", type=float, default=5.0, help="gamma of min-SNR-gamma")
     parser.set_defaults(func=run)
 
 
@@ -195,8 +201,21 @@ def run_architecture(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_loss_weights(args: argparse.Namespace) -> int:
+    from ddpm.errors import ConfigError
+    from ddpm.figures.common import save_figure
+    from ddpm.figures.weights import loss_weights_figure
+
+    if not args.gamma > 0:
+        raise ConfigError(f"--gamma must be positive, got {args.gamma}")
+    _check_output(args.output)
+    width, height = save_figure(loss_weights_figure(args.time_steps, args.gamma), args.output, args.dpi)
+    print(f"wrote {args.output} ({width}x{height})")
+    return 0
+
+
 FIGURES = {"forward": run_forward, "trajectory": run_trajectory, "loss-vs-t": run_loss_vs_t,
-           "architecture": run_architecture}
+           "architecture": run_architecture, "loss-weights": run_loss_weights}
 
 
 def run(args: argparse.Namespace) -> int:

@@ -23,11 +23,6 @@ def scaled_timesteps(timesteps: int, at_1000: Sequence[int] = FORWARD_TIMESTEPS)
     return sorted({min(round(t * timesteps / 1000), timesteps - 1) for t in at_1000})
 
 
-def snr(diffusion: GaussianDiffusion) -> torch.Tensor:
-    """Signal-to-noise ratio of x_t: SNR(t) = alpha-bar_t / (1 - alpha-bar_t) (Kingma et al. 2021, eq. 2)."""
-    return diffusion.alphas_cumprod / (1 - diffusion.alphas_cumprod)
-
-
 def forward_figure(images: torch.Tensor, timesteps: int = 1000, beta_start: float | None = None,
                    beta_end: float | None = None, seed: int = 0) -> Figure:
     """q(x_t | x_0) of ``images`` (uint8) at :data:`FORWARD_TIMESTEPS` for the linear and cosine schedules, with
@@ -58,7 +53,7 @@ def forward_figure(images: torch.Tensor, timesteps: int = 1000, beta_start: floa
     ratio = fig.add_subplot(grid[1, 1])
     for name, diffusion in schedules.items():
         abar.plot(t_axis, diffusion.alphas_cumprod.numpy(), label=name, color=SCHEDULE_COLORS[name])
-        ratio.semilogy(t_axis, snr(diffusion).numpy(), label=name, color=SCHEDULE_COLORS[name])
+        ratio.semilogy(t_axis, diffusion.snr.numpy(), label=name, color=SCHEDULE_COLORS[name])
     for ax, title in ((abar, "ᾱ_t: fraction of the signal's variance left"), (ratio, "SNR(t) = ᾱ_t / (1 − ᾱ_t)")):
         for t in ts:
             ax.axvline(t, color="0.85", lw=0.8, zorder=0)
