@@ -44,13 +44,16 @@ def test_loss_window_of_skipped_steps_only_is_nan():
 
 def test_bad_steps_stop_after_more_than_the_limit_in_a_row_naming_the_last_checkpoint():
     guard = BadSteps(limit=2)
+    def unasked():
+        raise AssertionError("the checkpoints are listed only when the run stops")
+
     for step in range(1, 3):
-        guard.observe(False, step, None)
-    guard.observe(True, 3, None)  # a finite step resets the count
-    guard.observe(False, 4, None)
-    guard.observe(False, 5, None)
+        guard.observe(False, step, unasked)
+    guard.observe(True, 3, unasked)  # a finite step resets the count
+    guard.observe(False, 4, unasked)
+    guard.observe(False, 5, unasked)
     with pytest.raises(TrainingError, match=r"3 steps in a row at step 6; the last good checkpoint is ckpt-4\.pt"):
-        guard.observe(False, 6, Path("ckpt-4.pt"))
+        guard.observe(False, 6, lambda: Path("ckpt-4.pt"))
 
 
 def test_time_budget():

@@ -164,7 +164,7 @@ class TrainConfig:
         "weight of each timestep's squared error: 'uniform' (Ho et al.'s L_simple) or 'min-snr', min(SNR, gamma) "
         "expressed for --prediction (Hang et al. 2023): eps: min(SNR, gamma)/SNR, x0: min(SNR, gamma), v: "
         "min(SNR, gamma)/(SNR + 1)", choices=LOSS_WEIGHTS)
-    min_snr_gamma: float = _opt(5.0, "gamma of --loss-weight min-snr (Hang et al.'s default: 5)")
+    min_snr_gamma: float = _opt(5.0, "gamma of --loss-weight min-snr (Hang et al.'s default: 5)", bound="positive")
     ema_decay: float = _opt(0.9999, "decay of the exponential moving average of the weights (0: off); with a "
                                     "warm-up, the value the decay grows towards")
     ema_warmup: str = _opt(
@@ -347,6 +347,8 @@ def validate(config: RunConfig) -> None:
         values = getattr(config, section)
         for f in fields(values):
             bound, value = f.metadata["bound"], getattr(values, f.name)
+            if bound and not math.isfinite(value):
+                raise ConfigError(f"{flag_name(f)} must be a finite number, got {value}")
             if bound == "positive" and value <= 0:
                 raise ConfigError(f"{flag_name(f)} must be positive, got {value}")
             if bound == "non_negative" and value < 0:
@@ -368,9 +370,7 @@ def validate(config: RunConfig) -> None:
         raise ConfigError("--downsample-padding applies to the 3x3 down-sampling of --skip block; the k4 convolutions "
                           "of --skip level always pad symmetrically")
     # Building the schedule refuses a linear beta range outside (0, 1) and warns when x_T is not pure noise.
-    NoiseSchedule(d.timesteps, d.beta_start, d.beta_end, d.schedule, d.variance, d.prediction)
-    if not (math.isfinite(t.min_snr_gamma) and t.min_snr_gamma > 0):
-        raise ConfigError(f"--min-snr-gamma must be a positive number, got {t.min_snr_gamma}")
+    NoiseSchedule.from_config(d)
     if not 0 < t.lr < 1:
         raise ConfigError(f"--lr must be in (0, 1), got {t.lr}")
     if not 0 <= m.dropout < 1:

@@ -12,9 +12,8 @@ import torch
 import torch.nn.functional as F
 
 from ddpm import samplers
-from ddpm.config import DiffusionConfig
-from ddpm.samplers import Model
 from ddpm.errors import ConfigError
+from ddpm.samplers import Model
 from ddpm.schedules import NoiseSchedule, min_snr_weight, prediction_target
 
 
@@ -22,13 +21,8 @@ class GaussianDiffusion(NoiseSchedule):
     """Forward process q(x_t | x_0), posterior q(x_{t-1} | x_t, x_0), loss and sampling.
 
     Built like its :class:`~ddpm.schedules.NoiseSchedule` (T, beta range, schedule, variance, prediction) or from a
-    :class:`~ddpm.config.DiffusionConfig` with :meth:`from_config`.
+    :class:`~ddpm.config.DiffusionConfig` with ``from_config``.
     """
-
-    @classmethod
-    def from_config(cls, config: DiffusionConfig) -> "GaussianDiffusion":
-        return cls(config.timesteps, config.beta_start, config.beta_end, config.schedule, config.variance,
-                   config.prediction)
 
     def q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
         """x_t = sqrt(alpha-bar_t) x_0 + sqrt(1 - alpha-bar_t) eps, a sample of q(x_t | x_0) (eq. 4)."""

@@ -102,7 +102,7 @@ def evaluate(model: torch.nn.Module, diffusion: GaussianDiffusion, reference: Fe
 def check_steps(diffusion: GaussianDiffusion, sampler: str, steps: Sequence[int]) -> None:
     """Raise the samplers' own ConfigError for an invalid sampler or step count before any real work.
 
-    Each setting is run once on a single zero pixel with a network that predicts zero noise: the same
+    Each setting is run once on a single zero pixel with a network that outputs zeros: the same
     validation as a real run, in milliseconds, instead of failing after minutes of sampling.
     """
     for k in steps:

@@ -14,7 +14,7 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from tqdm.auto import tqdm
 
@@ -54,14 +54,15 @@ class BadSteps:
     def __init__(self, limit: int):
         self.limit, self.in_a_row = limit, 0
 
-    def observe(self, finite: bool, step: int, last_checkpoint: Path | None) -> None:
-        """Record a step; raise :class:`TrainingError` once more than ``limit`` in a row were non-finite."""
+    def observe(self, finite: bool, step: int, last_checkpoint: Callable[[], Path | None]) -> None:
+        """Record a step; raise :class:`TrainingError` once more than ``limit`` in a row were non-finite, naming
+        ``last_checkpoint()`` (asked only then)."""
         self.in_a_row = 0 if finite else self.in_a_row + 1
         if self.in_a_row > self.limit:
             # Skipped steps leave the weights alone, so the newest checkpoint holds the last good ones.
             raise TrainingError(
                 f"non-finite loss or gradients for {self.in_a_row} steps in a row at step {step}; the last good "
-                f"checkpoint is {last_checkpoint or 'none'}. Start a new run with a lower --lr, a --grad-clip or "
+                f"checkpoint is {last_checkpoint() or 'none'}. Start a new run with a lower --lr, a --grad-clip or "
                 "without --amp (these cannot change on --resume), or --resume with a larger --max-bad-steps if the "
                 "spike is transient"
             )

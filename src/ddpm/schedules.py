@@ -162,6 +162,15 @@ class NoiseSchedule:
         self._device_cache: dict[tuple[str, torch.device], torch.Tensor] = {}
         self._check_reaches_noise()
 
+    @classmethod
+    def from_config(cls, config):
+        """Built from a :class:`ddpm.config.DiffusionConfig` (read by field name: this module sits below the config).
+
+        Validation and every model load both come through here, so a :class:`ScheduleWarning` is shown once.
+        """
+        return cls(config.timesteps, config.beta_start, config.beta_end, config.schedule, config.variance,
+                   config.prediction)
+
     def _check_reaches_noise(self) -> None:
         """Warn when x_T = sqrt(alpha-bar_T) x_0 + sqrt(1 - alpha-bar_T) eps (eq. 4) is not pure noise.
 
@@ -199,7 +208,8 @@ class NoiseSchedule:
         return split_prediction(output, x_t, *self.alpha_sigma(t, x_t), self.prediction)
 
     def predict_x0(self, x_t: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
-        """x_0 = (x_t - sqrt(1 - alpha-bar_t) eps) / sqrt(alpha-bar_t), eq. 4 solved for x_0."""
+        """x_0 = (x_t - sqrt(1 - alpha-bar_t) eps) / sqrt(alpha-bar_t), eq. 4 solved for x_0, from a given eps (for a
+        network's output, whatever it predicts, see :meth:`eps_and_x0`)."""
         return (x_t - self._extract("sqrt_one_minus_alphas_cumprod", t, x_t) * eps) / self._extract(
             "sqrt_alphas_cumprod", t, x_t
         )

@@ -207,7 +207,7 @@ class Trainer:
                     self.elapsed += seconds
                     window.add(loss.item() if finite else None, seconds)
                     self.skipped += not finite
-                    bad_steps.observe(finite, self.step, self.last_checkpoint())
+                    bad_steps.observe(finite, self.step, self.last_checkpoint)
                     if due(self.step, t.logging_steps) and main:
                         self._log_metrics(writer, progress, *window.close(t.batch_size), grad_norm)
                     self.out_of_time = budget.spent()

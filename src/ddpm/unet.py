@@ -1,4 +1,5 @@
-"""The noise-prediction network eps_theta(x_t, t): a UNet with timestep-conditioned residual blocks.
+"""The denoising network eps_theta(x_t, t) (or x0/v, see ``--prediction``): a UNet with timestep-conditioned
+residual blocks.
 
 One class, configured by :class:`ddpm.config.ModelConfig`, builds both networks of the project:
 

@@ -11,7 +11,6 @@ from typing import Any
 from ddpm.config import PRESETS, SECTIONS, flag_name
 
 
-
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
     """Shows every default and keeps the descriptions' line breaks."""
 

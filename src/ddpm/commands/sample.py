@@ -55,6 +55,8 @@ def _check_outputs(args: argparse.Namespace) -> None:
             raise OutputError(f"cannot write {flag} {path}: {path.parent} is not an existing folder")
         if path.is_dir():
             raise OutputError(f"cannot write {flag} {path}: it is a folder, give a file name")
+    if args.npz is not None and not args.npz.endswith(".npz"):
+        args.npz += ".npz"  # what numpy.savez writes for such a name
     if args.output and Path(args.output).suffix.lower() not in Image.registered_extensions():
         raise OutputError(f"--output {args.output}: the file name must end in an image type such as .png")
     if args.output_dir:
@@ -70,11 +72,16 @@ def _write_collections(args: argparse.Namespace, seeds: list[int], kept: dict[in
     from PIL import Image
     from torchvision.utils import save_image
 
+    from ddpm.errors import OutputError
     from ddpm.files import atomic_write
     from ddpm.generate import grid_columns, image_path
 
     if folder is not None:
-        kept = {s: np.asarray(Image.open(image_path(folder, s)).convert("RGB")) for s in seeds}
+        try:
+            kept = {s: np.asarray(Image.open(image_path(folder, s)).convert("RGB")) for s in seeds}
+        except OSError as exc:  # a PNG damaged or removed since it was written
+            raise OutputError(f"cannot read back {exc.filename or 'an image'} from --output-dir: "
+                              f"{exc.strerror or exc}; delete it and run the command again to redraw it") from None
     images = np.stack([kept[s] for s in seeds])
     if args.npz:
         atomic_write(Path(args.npz), lambda f: np.savez(f, arr_0=images))

@@ -202,12 +202,14 @@ def run_architecture(args: argparse.Namespace) -> int:
 
 
 def run_loss_weights(args: argparse.Namespace) -> int:
+    import math
+
     from ddpm.errors import ConfigError
     from ddpm.figures.common import save_figure
     from ddpm.figures.weights import loss_weights_figure
 
-    if not args.gamma > 0:
-        raise ConfigError(f"--gamma must be positive, got {args.gamma}")
+    if not (math.isfinite(args.gamma) and args.gamma > 0):
+        raise ConfigError(f"--gamma must be a positive number, got {args.gamma}")
     _check_output(args.output)
     width, height = save_figure(loss_weights_figure(args.time_steps, args.gamma), args.output, args.dpi)
     print(f"wrote {args.output} ({width}x{height})")
