@@ -22,7 +22,7 @@ from ddpm.diffusion import GaussianDiffusion
 from ddpm.distributed import amp_dtype
 from ddpm.errors import ConfigError
 from ddpm.generate import generate, image_path, save_png
-from ddpm.metrics import FeatureStats, frechet_distance, inception_features, kernel_inception_distance, precision_recall
+from ddpm.metrics import FeatureStats, fid, inception_features, kernel_inception_distance, precision_recall
 
 EVAL_LOG = "eval.jsonl"
 FID_PLOT = "fid_vs_nfe.png"
@@ -66,8 +66,8 @@ def score(features: np.ndarray, reference: FeatureStats, seed: int = 0,
     against CIFAR-10 train the subset is the whole set.
     """
     stats = FeatureStats.from_features(features)
-    result: dict[str, float | None] = {"fid": frechet_distance(stats.mu, stats.sigma, reference.mu, reference.sigma),
-                                       "kid": None, "kid_std": None, "precision": None, "recall": None}
+    result: dict[str, float | None] = {"fid": fid(stats, reference), "kid": None, "kid_std": None, "precision": None,
+                                       "recall": None}
     if reference.features is not None:
         result["kid"], result["kid_std"] = kernel_inception_distance(features, reference.features, seed=seed)
         real = reference.features

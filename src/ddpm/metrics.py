@@ -171,6 +171,42 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
     return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * np.trace(covmean))
 
 
+def _trace_sqrt_product_low_rank(features: np.ndarray, sigma: np.ndarray) -> float:
+    """Tr (S1 S2)^(1/2), exactly, for S1 the covariance of ``features`` (n x d, n < d) and S2 = ``sigma``.
+
+    S1 = A^T A / (n - 1) for the centred features A, and X Y and Y X have the same nonzero eigenvalues for any two
+    matrices: S1 S2 = A^T (A S2) / (n - 1) shares them with the n x n symmetric positive semi-definite
+    A S2 A^T / (n - 1), whose square roots sum to the trace. (With the second set's centred features B this is the sum
+    of the singular values of A B^T / sqrt((n1 - 1)(n2 - 1)); S2 is all it needs of that set.) Its zero eigenvalues
+    (one from the centring, more where S2 has lower rank) come out as +-1e-16 of the largest, and their square roots
+    would add 1e-8 of the largest singular value each: eigenvalues below n * machine epsilon of the largest, which
+    cannot be told from 0, count as 0.
+    """
+    a = features - features.mean(0)
+    eigenvalues = np.linalg.eigvalsh(a @ sigma @ a.T / (len(a) - 1))  # ascending
+    eigenvalues = eigenvalues[eigenvalues > len(a) * np.finfo(np.float64).eps * eigenvalues[-1]]
+    return float(np.sqrt(eigenvalues).sum())
+
+
+def fid(a: FeatureStats, b: FeatureStats) -> float:
+    """FID of two statistics, as :func:`frechet_distance` defines it, by the cheaper and more exact route.
+
+    When either set carries its features and has fewer images than dimensions (fewer than 2,048 Inception
+    features), S1 S2 is singular: ``sqrtm`` of the 2048 x 2048 product then loses digits (1e-8 to 1e-7 relative)
+    and costs ~25 d^3 = 2e11 flops, while :func:`_trace_sqrt_product_low_rank` on the smaller such set is exact to
+    rounding and costs 2 n d^2 + 2 n^2 d, 1.3e10 for 1,000 images. Otherwise (statistics without features, sets of
+    2,048 images or more) it is :func:`frechet_distance`.
+    """
+    low_rank = [s for s in (a, b) if s.features is not None and len(s.features) < len(s.mu)]
+    if not low_rank:
+        return frechet_distance(a.mu, a.sigma, b.mu, b.sigma)
+    small = min(low_rank, key=lambda s: len(s.features))
+    other = b if small is a else a
+    diff = a.mu - b.mu
+    return float(diff @ diff + np.trace(a.sigma) + np.trace(b.sigma)
+                 - 2 * _trace_sqrt_product_low_rank(small.features, other.sigma))
+
+
 def kernel_inception_distance(features1: np.ndarray, features2: np.ndarray, num_subsets: int = 100,
                               max_subset_size: int = 1000, seed: int = 0) -> tuple[float, float]:
     """KID (Binkowski et al. 2018): mean and std over random subsets of the unbiased MMD^2 estimate.
