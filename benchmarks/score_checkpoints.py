@@ -13,8 +13,8 @@ and ``score`` runs it in float32:
 Each ``--job`` is MODEL=SAMPLER:STEPS,...; every pair draws ``--num-samples`` images with seeds 0.. (as ``ddpm eval``)
 and is scored against ``--reference`` (a folder, archive or .npz that ``ddpm fid`` takes), optionally beside
 ``--real`` image sets (the protocol's floor). OUT gets ``results.json`` (one record per score, written as they come),
-``grids.npz`` (the first 64 images of each pair) and ``inception_check.npz`` (16 samples and their features, for the
-comparison with the exact network on a CPU). The float16 Inception weights move the features by about 3e-3 of
+``grids.npz`` (the first 64 scored images of each pair) and ``inception_check.npz`` (16 samples and their features,
+for the comparison with the exact network on a CPU). The float16 Inception weights move the features by about 3e-3 of
 their largest value; docs/benchmarks.md lists the FIDs they gave beside the exact network's.
 """
 
@@ -32,16 +32,16 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
-from ddpm import metrics  # noqa: E402
 from ddpm.config import DEVICES  # noqa: E402
 from ddpm.distributed import resolve_device  # noqa: E402
 from ddpm.errors import DDPMError  # noqa: E402
 from ddpm.evaluate import sample_features, score  # noqa: E402
 from ddpm.files import read_safetensors, safetensors_bytes  # noqa: E402
-from ddpm.generate import generate  # noqa: E402
+from ddpm.metrics import inception_features, inception_network, load_source  # noqa: E402
 from ddpm.model_io import export_safetensors, load_model  # noqa: E402
 
 INCEPTION_FP16 = "inception_fp16.pt"
+GRID = 64  # images per pair kept in grids.npz
 
 
 def pack(folder: Path, checkpoints: list[str], inception: bool) -> None:
@@ -57,7 +57,7 @@ def pack(folder: Path, checkpoints: list[str], inception: bool) -> None:
     if inception:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)  # TorchScript is the format these weights ship in
-            net = copy.deepcopy(metrics.inception_network(torch.device("cpu")))  # the cached one stays float32
+            net = copy.deepcopy(inception_network(torch.device("cpu")))  # the cached one stays float32
             torch.jit.save(net.half(), str(folder / INCEPTION_FP16))
         print(f"{folder / INCEPTION_FP16}: {(folder / INCEPTION_FP16).stat().st_size / 2**20:.1f} MiB")
 
@@ -75,12 +75,11 @@ def run_score(args: argparse.Namespace) -> None:
     out, device = Path(args.out), resolve_device(args.device)
     out.mkdir(parents=True, exist_ok=True)
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False  # float32 like a CPU's
-    inception = "exact (default_1.pt)"
-    if args.inception:  # the float16 copy from `pack`, run in float32 by every metrics function
+    inception, net = "exact (default_1.pt)", None
+    if args.inception:  # the float16 copy from `pack`, run in float32 in place of the exact network
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
             net = torch.jit.load(args.inception, map_location=device).float().eval()
-        metrics.inception_network = lambda _device: net
         inception = f"{args.inception}: default_1.pt rounded to float16, run in float32"
     results = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else device.type,
                "torch": torch.__version__, "inception": inception, "num_samples": args.num_samples, "records": []}
@@ -91,30 +90,33 @@ def run_score(args: argparse.Namespace) -> None:
         (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
 
     start = time.perf_counter()
-    reference = metrics.load_source(args.reference, device=device.type, progress=False)
+    reference = load_source(args.reference, device=device.type, progress=False, network=net)
     record({"reference": args.reference, "sec": time.perf_counter() - start})
     for source in args.real:
-        features = metrics.load_source(source, device=device.type, progress=False).features
+        features = load_source(source, device=device.type, progress=False, network=net).features
         record({"real": source, "images": len(features), **score(features, reference, args.seed, device.type)})
     grids: dict[str, np.ndarray] = {}
     for model_path, pairs in jobs:
         loaded = load_model(model_path, device)
         for sampler, steps in pairs:
+            grid: list[np.ndarray] = []  # the first GRID of the scored images, not sampled a second time
+
+            def keep(_seeds: list[int], images: torch.Tensor) -> None:
+                grid.append(images[:GRID - sum(map(len, grid))].numpy())
+
             start = time.perf_counter()
             features = sample_features(loaded.model, loaded.diffusion, args.num_samples, sampler, steps, args.seed,
-                                       args.batch_size, device, progress=False)
+                                       args.batch_size, device, progress=False, network=net, on_batch=keep)
             sampling_sec = time.perf_counter() - start
-            first: list[np.ndarray] = []
-            generate(loaded.model, loaded.diffusion, range(args.seed, args.seed + 64), 64,
-                     lambda _seeds, images: first.append(images.numpy()), sampler, steps, device=device,
-                     progress=False)
-            grids[f"{Path(model_path).stem}_{sampler}{steps}"] = first[0]
+            grids[f"{Path(model_path).stem}_{sampler}{steps}"] = np.concatenate(grid)
             record({"model": model_path, "step": loaded.step, "sampler": sampler, "steps": steps,
                     "sample_and_features_sec": sampling_sec, **score(features, reference, args.seed, device.type)})
+    if not grids:  # only --real sets were scored
+        return
     np.savez_compressed(out / "grids.npz", **grids)
     check = next(iter(grids.values()))[:16]
-    features = metrics.inception_features(torch.from_numpy(check).permute(0, 3, 1, 2), device=device.type,
-                                          progress=False)
+    features = inception_features(torch.from_numpy(check).permute(0, 3, 1, 2), device=device.type, progress=False,
+                                  network=net)
     np.savez(out / "inception_check.npz", images=check, features=features, device=f"{device.type}, {inception}")
 
 

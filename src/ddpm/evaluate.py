@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -21,18 +21,22 @@ from ddpm.diffusion import GaussianDiffusion
 from ddpm.distributed import amp_dtype
 from ddpm.errors import ConfigError
 from ddpm.generate import generate, image_path, save_png
-from ddpm.metrics import FeatureStats, frechet_distance, inception_features, kernel_inception_distance, precision_recall
+from ddpm.metrics import FeatureStats, fid, inception_features, kernel_inception_distance, precision_recall
 
 FID_PLOT = "fid_vs_nfe.png"
 
 
 def sample_features(model: torch.nn.Module, diffusion: GaussianDiffusion, num_samples: int, sampler: str,
                     steps: int, seed: int = 0, batch_size: int = 64, device: torch.device | None = None,
-                    keep_dir: str | Path | None = None, progress: bool = True, amp: bool = False) -> np.ndarray:
+                    keep_dir: str | Path | None = None, progress: bool = True, amp: bool = False,
+                    network: torch.nn.Module | None = None,
+                    on_batch: Callable[[list[int], torch.Tensor], None] | None = None) -> np.ndarray:
     """Inception pool3 features (N, 2048) of ``num_samples`` images drawn with seeds ``seed .. seed + N - 1``.
 
     Each batch is scored as soon as it is sampled; with ``keep_dir`` it is also written there as PNGs named by
-    seed, the layout of ``ddpm sample --output-dir``, to look at or to feed to ``ddpm fid``.
+    seed, the layout of ``ddpm sample --output-dir``, to look at or to feed to ``ddpm fid``. ``network`` replaces
+    the exact Inception network (see :func:`ddpm.metrics.inception_features`). ``on_batch`` gets each scored batch's
+    seeds and uint8 images (B, H, W, C), e.g. to keep some of them without sampling them again.
     """
     device = device or next(model.parameters()).device
     features = np.empty((num_samples, 2048), dtype=np.float64)
@@ -40,15 +44,17 @@ def sample_features(model: torch.nn.Module, diffusion: GaussianDiffusion, num_sa
     if folder is not None:
         folder.mkdir(parents=True, exist_ok=True)
 
-    def on_batch(seeds: list[int], images: torch.Tensor) -> None:
+    def score_batch(seeds: list[int], images: torch.Tensor) -> None:
         first = seeds[0] - seed
         features[first:first + len(seeds)] = inception_features(images.permute(0, 3, 1, 2), device=device.type,
-                                                                progress=False)
+                                                                progress=False, network=network)
         if folder is not None:
             for s, image in zip(seeds, images.numpy()):
                 save_png(image, image_path(folder, s))
+        if on_batch is not None:
+            on_batch(seeds, images)
 
-    generate(model, diffusion, range(seed, seed + num_samples), batch_size, on_batch, sampler, steps,
+    generate(model, diffusion, range(seed, seed + num_samples), batch_size, score_batch, sampler, steps,
              device=device, progress=progress, amp=amp)
     return features
 
@@ -64,8 +70,8 @@ def score(features: np.ndarray, reference: FeatureStats, seed: int = 0,
     against CIFAR-10 train the subset is the whole set.
     """
     stats = FeatureStats.from_features(features)
-    result: dict[str, float | None] = {"fid": frechet_distance(stats.mu, stats.sigma, reference.mu, reference.sigma),
-                                       "kid": None, "kid_std": None, "precision": None, "recall": None}
+    result: dict[str, float | None] = {"fid": fid(stats, reference), "kid": None, "kid_std": None, "precision": None,
+                                       "recall": None}
     if reference.features is not None:
         result["kid"], result["kid_std"] = kernel_inception_distance(features, reference.features, seed=seed)
         real = reference.features
@@ -118,8 +124,8 @@ def plot_fid_vs_nfe(records: Sequence[dict[str, Any]], path: str | Path, title: 
     figure = Figure(figsize=(5, 3.5), layout="constrained")
     axes = figure.add_subplot()
     axes.plot(*zip(*points), marker="o")
-    for nfe, fid in points:
-        axes.annotate(f"{fid:.2f}", (nfe, fid), textcoords="offset points", xytext=(0, 6), ha="center", fontsize=8)
+    for nfe, value in points:
+        axes.annotate(f"{value:.2f}", (nfe, value), textcoords="offset points", xytext=(0, 6), ha="center", fontsize=8)
     axes.set(xscale="log", xlabel="NFE (network evaluations per image)", ylabel="FID", title=title)
     axes.minorticks_off()
     axes.set_xticks([nfe for nfe, _ in points], [str(nfe) for nfe, _ in points])

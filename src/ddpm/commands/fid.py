@@ -43,7 +43,7 @@ def _print_unavailable(reason: str, metrics: tuple[str, ...] = ("KID", "precisio
 
 def run(args: argparse.Namespace) -> int:
     from ddpm.errors import ConfigError, DataError
-    from ddpm.metrics import frechet_distance, kernel_inception_distance, load_source, precision_recall, source_kind
+    from ddpm.metrics import fid, kernel_inception_distance, load_source, precision_recall, source_kind
 
     if args.b is None and args.save_stats is None:
         raise ConfigError("give a reference B to compare A with, or --save-stats FILE.npz to only save A's statistics")
@@ -64,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
     b = load_source(args.b, **options)
     print(f"B: {args.b} ({b.num_images or 'unknown number of'} images)", file=sys.stderr)
 
-    print(f"FID: {frechet_distance(a.mu, a.sigma, b.mu, b.sigma):.4f}", flush=True)
+    print(f"FID: {fid(a, b):.4f}", flush=True)
     without = [name for name, stats in (("A", a), ("B", b)) if stats.features is None]
     if without:
         verb = "is" if len(without) == 1 else "are"
