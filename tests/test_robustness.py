@@ -28,9 +28,8 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from conftest import TINY, write_cifar10
+from conftest import TINY, TinyRun
 from ddpm.checkpoint import list_checkpoints, load_checkpoint
-from ddpm.cli import main
 from ddpm.config import make_config
 from ddpm.diffusion import GaussianDiffusion
 from ddpm.errors import ConfigError
@@ -105,21 +104,6 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> dict[str, Path]:
-    """CIFAR-style data and a tiny run with checkpoints at steps 2 and 4, shared read-only by the tests."""
-    root = tmp_path_factory.mktemp("trained")
-    data = write_cifar10(root / "cifar").parent
-    assert main(["train", *TINY, "--data-dir", str(data), "--save-model", str(root / "run")]) == 0
-    return {"data": data, "run": root / "run"}
-
-
-@pytest.fixture
-def run_copy(trained, tmp_path) -> Path:
-    """A copy of the trained run that a test may damage."""
-    return Path(shutil.copytree(trained["run"], tmp_path / "run"))
 
 
 # ------------------------------------------------------------------------------------------------ preemption
@@ -261,7 +245,7 @@ def test_disk_full_while_checkpointing_keeps_the_previous_checkpoint(disk, cli, 
 
 
 # ------------------------------------------------------------------------------------------------ damaged files
-def test_damaged_latest_checkpoint_falls_back_to_the_previous(cli, trained, run_copy, tmp_path):
+def test_damaged_latest_checkpoint_falls_back_to_the_previous(cli, tiny_run: TinyRun, run_copy, tmp_path):
     latest = run_copy / "ckpt-00000004.pt"
     latest.write_bytes(latest.read_bytes()[: latest.stat().st_size // 2])  # truncated, as by a failing disk
 
@@ -272,7 +256,7 @@ def test_damaged_latest_checkpoint_falls_back_to_the_previous(cli, trained, run_
     assert "ckpt-00000002.pt (step 2" in out
 
     with pytest.warns(UserWarning, match=r"ckpt-00000004\.pt is truncated"):
-        code, out, err = _train(cli, trained["data"], run_copy, "--resume")
+        code, out, err = _train(cli, tiny_run.data, run_copy, "--resume")
     assert code == 0, err
     assert "ckpt-00000002.pt (step 2)" in out
     assert load_checkpoint(latest)["step"] == 4  # rewritten by the resumed run
@@ -288,7 +272,7 @@ class _RunsCode:
         return open, (str(self.marker), "w")
 
 
-def test_checkpoint_carrying_code_is_refused(cli, trained, run_copy, tmp_path):
+def test_checkpoint_carrying_code_is_refused(cli, tiny_run: TinyRun, run_copy, tmp_path):
     marker = tmp_path / "code-ran"
     state = load_checkpoint(run_copy / "ckpt-00000004.pt")
     evil = tmp_path / "evil.pt"
@@ -300,7 +284,7 @@ def test_checkpoint_carrying_code_is_refused(cli, trained, run_copy, tmp_path):
     # The same file as the newest checkpoint of a run: skipped with a warning, the previous one used.
     shutil.copy(evil, run_copy / "ckpt-00000006.pt")
     with pytest.warns(UserWarning, match=r"refusing to load .*ckpt-00000006\.pt"):
-        code, out, err = _train(cli, trained["data"], run_copy, "--resume", "--total-steps", "5")
+        code, out, err = _train(cli, tiny_run.data, run_copy, "--resume", "--total-steps", "5")
     assert code == 0, err
     assert "ckpt-00000004.pt (step 4)" in out
     assert not marker.exists()
@@ -362,7 +346,7 @@ def test_a_beta_range_that_keeps_signal_in_x_T_warns_before_training(cli):
 
 # ------------------------------------------------------------------------------------------------ bad input
 @pytest.fixture
-def bad(trained, tmp_path) -> dict[str, Path]:
+def bad(tiny_run: TinyRun, tmp_path) -> dict[str, Path]:
     """Paths for the bad-input catalogue."""
     (tmp_path / "empty").mkdir()
     images = tmp_path / "images"
@@ -372,10 +356,11 @@ def bad(trained, tmp_path) -> dict[str, Path]:
     (images / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
     (tmp_path / "a-file").write_text("in the way")
     (tmp_path / "garbage.pt").write_bytes(os.urandom(4096))
-    state = load_checkpoint(trained["run"] / "ckpt-00000004.pt")
+    state = load_checkpoint(tiny_run.run / "ckpt-00000004.pt")
     state["config"]["model"]["nf"] = 32  # the weights are those of nf 16
     torch.save(state, tmp_path / "incompatible.pt")
-    return {**trained, "tmp": tmp_path, "empty": tmp_path / "empty", "images": images, "file": tmp_path / "a-file"}
+    return {"data": tiny_run.data, "run": tiny_run.run, "tmp": tmp_path, "empty": tmp_path / "empty", "images": images,
+            "file": tmp_path / "a-file"}
 
 
 def _train_args(*extra):
