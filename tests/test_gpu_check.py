@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from ddpm.distributed import cpu_has_native_bf16
@@ -16,6 +17,7 @@ from ddpm.distributed import cpu_has_native_bf16
 SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "gpu_check.py"
 
 
+@pytest.mark.slow
 def test_dry_mode_runs_every_part_and_fills_the_summary(tmp_path):
     """12 training images of 32x32 pixels: they are the FID reference too, so they must share one size."""
     image_folder, out = tmp_path / "images", tmp_path / "out"

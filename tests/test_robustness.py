@@ -157,6 +157,7 @@ def test_second_sigint_quits_at_once_without_saving(start, cifar_dir, tmp_path):
 KILL_CYCLES = 4
 
 
+@pytest.mark.slow
 def test_kill_9_while_writing_checkpoints_then_resume(start, cli, cifar_dir, tmp_path):
     """Each cycle resumes the run, waits until a checkpoint write starts, waits a random moment and kills -9.
 
@@ -220,6 +221,7 @@ def _small_tmpfs(folder: Path, nbytes: int):
         subprocess.run(["umount", str(folder)], check=True)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("disk", ["file-size-limit", "full-tmpfs"])
 def test_disk_full_while_checkpointing_keeps_the_previous_checkpoint(disk, cli, cifar_dir, tmp_path):
     run = tmp_path / "run"

@@ -47,6 +47,7 @@ def test_train_on_cifar_pickles_then_sample(cli, tiny_run: TinyRun, tmp_path):
     assert images.std() > 0
 
 
+@pytest.mark.slow
 def test_compiled_sampling_draws_the_same_images(cli, tiny_run: TinyRun, tmp_path):
     """``ddpm sample --compile`` (torch.compile, inductor on the CPU) changes the speed, not the images."""
     run = tiny_run.run
