@@ -11,7 +11,6 @@ import contextlib
 import json
 import math
 import os
-import random
 import re
 import resource
 import shutil
@@ -154,42 +153,79 @@ def test_second_sigint_quits_at_once_without_saving(start, cifar_dir, tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------ kill -9
-KILL_CYCLES = 4
+# ``python -c KILL_BEFORE_RENAME NAME N ARGS...`` runs ``ddpm ARGS`` and kill -9s itself at the Nth rename onto a file
+# whose name starts with NAME: inside an atomic write, after its temp file is written and fsynced, before the rename.
+# It wraps ``os.replace``, the rename every atomic write ends with, and leaves ddpm's code as it is.
+KILL_BEFORE_RENAME = """
+import os, signal, sys
+
+name, nth = sys.argv[1], int(sys.argv[2])
+rename, renames = os.replace, 0
+
+
+def replace(src, dst, *args, **kwargs):
+    global renames
+    if os.path.basename(os.fspath(dst)).startswith(name):
+        renames += 1
+        if renames == nth:
+            os.kill(os.getpid(), signal.SIGKILL)
+    return rename(src, dst, *args, **kwargs)
+
+
+os.replace = replace
+from ddpm.cli import main
+
+sys.exit(main(sys.argv[3:]))
+"""
+
+
+def _without_pids(paths: list[Path]) -> list[str]:
+    return sorted(re.sub(r"\d+$", "PID", p.name) for p in paths)
 
 
 @pytest.mark.slow
-def test_kill_9_while_writing_checkpoints_then_resume(start, cli, cifar_dir, tmp_path):
-    """Each cycle resumes the run, waits until a checkpoint write starts, waits a random moment and kills -9.
+def test_kill_9_while_writing_checkpoints_then_resume(cli, cifar_dir, tmp_path):
+    """Three runs killed -9 inside a write, at points chosen by construction, then a resume that completes.
 
-    Every checkpoint file left behind must be intact, and the next resume must start from the newest.
+    Whatever checkpoint is left must be complete, a temp file is never read, and every resume starts from the
+    newest checkpoint, also when ``latest`` was not yet updated to name it.
     """
     run = tmp_path / "run"
     args = ["train", *TINY, "--data-dir", cifar_dir, "--save-model", run, "--resume", "--checkpoint", "1",
-            "--total-steps", "100000", "--logging-steps", "100000"]
-    rng = random.Random(0)
-    newest, killed_mid_write = None, 0
-    for cycle in range(KILL_CYCLES):
-        logs = tmp_path / f"cycle{cycle}"
-        proc = start(logs, *args)
-        _wait_for(lambda: list(run.glob(f".ckpt-*.pt.tmp-{proc.pid}")), proc, logs)
-        time.sleep(rng.uniform(0, 0.02))
-        proc.kill()
-        proc.wait()
-        killed_mid_write += bool(list(run.glob(f".ckpt-*.pt.tmp-{proc.pid}")))
-        print("DEBUG", cycle, sorted(p.name for p in run.iterdir()), (run / "latest").read_text().strip() if (run / "latest").exists() else None)
-        out, err = _output(logs)
-        assert "Traceback" not in err and "trying the previous checkpoint" not in err, err
-        assert (f"resuming from {newest} " if newest else "starting a new run") in out
-        checkpoints = list_checkpoints(run)
-        for path in checkpoints:  # atomic writes: whatever is there is complete
-            assert load_checkpoint(path)["step"] == int(path.stem.split("-")[1])
-        newest = checkpoints[-1] if checkpoints else None
-    assert killed_mid_write, "no kill landed inside a checkpoint write"
-    step = load_checkpoint(newest)["step"] if newest else 0
-    code, out, err = _train(cli, cifar_dir, run, "--resume", "--checkpoint", "1", "--total-steps", step + 1)
+            "--total-steps", "6", "--logging-steps", "100000"]  # 6: a run the kill missed ends, and the test fails
+
+    def killed(name: str, nth: int) -> str:
+        done = subprocess.run([sys.executable, "-c", KILL_BEFORE_RENAME, name, str(nth), *map(str, args)],
+                              capture_output=True, text=True, env=ENV, timeout=300)
+        assert done.returncode == -signal.SIGKILL, f"exit code {done.returncode}; stderr:\n{done.stderr[-3000:]}"
+        assert "Traceback" not in done.stderr and "trying the previous checkpoint" not in done.stderr, done.stderr
+        return done.stdout
+
+    def steps() -> list[int]:  # atomic writes: every checkpoint file there is complete
+        found = [load_checkpoint(p)["step"] for p in list_checkpoints(run)]
+        assert found == [int(p.stem.split("-")[1]) for p in list_checkpoints(run)]
+        return found
+
+    # A new run, killed as its first checkpoint is renamed into place: the temp file is complete, and it is all.
+    assert "starting a new run" in killed("ckpt-", 1)
+    assert steps() == [] and not (run / "latest").exists()
+    [temp] = _temp_files(run)
+    assert _without_pids([temp]) == [".ckpt-00000001.pt.tmp-PID"] and load_checkpoint(temp)["step"] == 1
+
+    # The temp file is not a checkpoint to resume from; killed again at the third checkpoint's rename.
+    assert "starting a new run" in killed("ckpt-", 3)
+    assert steps() == [1, 2] and (run / "latest").read_text().strip() == "ckpt-00000002.pt"
+    assert _without_pids(_temp_files(run)) == [".ckpt-00000003.pt.tmp-PID"]  # the first run's is removed
+
+    # Killed after checkpoint 3 is in place, as `latest` is renamed to name it: latest still names step 2.
+    assert f"resuming from {run / 'ckpt-00000002.pt'} (step 2)" in killed("latest", 1)
+    assert steps() == [1, 2, 3] and (run / "latest").read_text().strip() == "ckpt-00000002.pt"
+    assert _without_pids(_temp_files(run)) == [".ckpt-00000003.pt.tmp-PID", ".latest.tmp-PID"]
+
+    code, out, err = _train(cli, cifar_dir, run, "--resume", "--checkpoint", "1", "--total-steps", "4")
     assert code == 0, err
-    assert f"resuming from {newest} " in out if newest else "starting a new run" in out
-    assert load_checkpoint(list_checkpoints(run)[-1])["step"] == step + 1
+    assert f"resuming from {run / 'ckpt-00000003.pt'} (step 3)" in out  # the newest, not the one latest named
+    assert steps() == [2, 3, 4] and (run / "latest").read_text().strip() == "ckpt-00000004.pt"
     assert _temp_files(run) == []  # the leftovers of the killed writers are gone
 
 
