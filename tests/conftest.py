@@ -1,9 +1,14 @@
-"""Shared fixtures: tiny data sets in the real formats (CIFAR-10 pickles, image folders, archives)."""
+"""Shared fixtures: tiny data sets in the real formats (CIFAR-10 pickles, image folders, archives), and one tiny
+run trained once per session for the tests that need a checkpoint rather than a training run of their own."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import pickle
+import shutil
 import tarfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -80,14 +85,59 @@ def cli(capsys):
     return run
 
 
-@pytest.fixture(autouse=True)
-def _deterministic():
+@contextlib.contextmanager
+def deterministic_torch():
     torch.manual_seed(0)
     torch.use_deterministic_algorithms(True, warn_only=True)
-    yield
-    torch.use_deterministic_algorithms(False)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(False)
+
+
+@pytest.fixture(autouse=True)
+def _deterministic():
+    with deterministic_torch():
+        yield
 
 
 # Flags of a few-second CPU training run of the tiny preset.
 TINY = ["--preset", "tiny", "--batch-size", "4", "--total-steps", "4", "--logging-steps", "2", "--checkpoint", "2",
         "--sample-every", "0", "--num-workers", "0", "--device", "cpu"]
+
+
+@dataclass(frozen=True)
+class TinyRun:
+    data: Path  # a folder holding cifar-10-batches-py/ (40 train and 8 test images)
+    run: Path  # `ddpm train TINY`'s run directory: ckpt-00000002.pt, ckpt-00000004.pt, latest, config.json, ...
+    out: str  # what that `ddpm train` printed on stdout
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> TinyRun:
+    """A tiny run trained once per session with ``ddpm train TINY`` on the CIFAR-10 fixture. Shared: read it, never
+    write into it; a test that adds to or damages a run works on ``run_copy``."""
+    root = tmp_path_factory.mktemp("tiny_run")
+    data = write_cifar10(root / "cifar").parent
+    out = io.StringIO()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as fast on this tiny network, and much faster when other work shares the cores
+    try:
+        with deterministic_torch(), contextlib.redirect_stdout(out):
+            code = main(["train", *TINY, "--data-dir", str(data), "--save-model", str(root / "run")])
+    finally:
+        torch.set_num_threads(threads)
+    assert code == 0, out.getvalue()
+    before = _snapshot(root / "run")
+    yield TinyRun(data, root / "run", out.getvalue())
+    assert _snapshot(root / "run") == before, "a test wrote into the shared tiny run; give it run_copy instead"
+
+
+def _snapshot(folder: Path) -> dict[str, tuple[int, int]]:
+    return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(folder.rglob("*"))}
+
+
+@pytest.fixture
+def run_copy(tiny_run: TinyRun, tmp_path: Path) -> Path:
+    """This test's own copy of the session's tiny run, to resume, damage or add files to."""
+    return Path(shutil.copytree(tiny_run.run, tmp_path / "run"))

@@ -3,6 +3,7 @@ identical, DistributedDataParallel's averaged gradient is the gradient of the wh
 another number of ranks, and distributed sampling writes the images one process would.
 
 The ranks run this file as a script (see the bottom), so that the checks and the code the ranks run sit side by side.
+The tests that start torchrun are end-to-end runs, marked ``slow``.
 ``python -m torch.distributed.run`` is ``torchrun`` for the interpreter running the tests; with more than one process
 per node it sets ``OMP_NUM_THREADS=1``.
 """
@@ -56,6 +57,7 @@ def two_rank_run(tmp_path_factory) -> tuple[Path, Path, Path, str]:
     return root / "cifar", run, saved, done.stdout
 
 
+@pytest.mark.slow
 def test_two_ranks_train_through_the_cli_and_end_with_identical_weights(two_rank_run):
     _, run, saved, stdout = two_rank_run
     assert "rank 0 of world size 2" in stdout
@@ -74,6 +76,7 @@ def test_two_ranks_train_through_the_cli_and_end_with_identical_weights(two_rank
     assert 0 < change < 0.01  # 4 small AdamW steps away from the initial weights
 
 
+@pytest.mark.slow
 def test_averaged_gradient_of_two_ranks_is_the_gradient_of_the_whole_batch(two_rank_run):
     saved = two_rank_run[2]
     config, x0, t, noise = _gradient_problem()
@@ -94,6 +97,7 @@ def test_a_step_trains_on_the_same_images_whatever_the_number_of_ranks():
             assert torch.equal(torch.cat([r.indices(step) for r in ranks]), one.indices(step))
 
 
+@pytest.mark.slow
 def test_a_two_rank_checkpoint_resumes_on_one_rank(two_rank_run, tmp_path, cli):
     cifar, run, _, _ = two_rank_run
     resumed = tmp_path / "run"
@@ -105,6 +109,7 @@ def test_a_two_rank_checkpoint_resumes_on_one_rank(two_rank_run, tmp_path, cli):
     assert saved["step"] == 6 and saved["world_size"] == 1
 
 
+@pytest.mark.slow
 def test_two_ranks_sample_the_images_one_process_samples(two_rank_run, tmp_path, cli):
     _, run, _, _ = two_rank_run
     # One image per batch and one thread (as torchrun's ranks have) make both runs do the same arithmetic.

@@ -1,42 +1,37 @@
 """``ddpm eval`` through the real CLI on a tiny checkpoint: summary line, eval.jsonl, kept samples, sweeps, errors.
 
-One checkpoint, trained for 4 steps, and one cached cifar10-test reference (the fixture's 8 test images) serve
-every test. Inception runs on the CPU (~4 images/s); with so few images each FID takes the exact low-rank path
-(:func:`ddpm.metrics.fid`), milliseconds instead of a 2048x2048 matrix square root.
+One checkpoint, the session's tiny run (trained for 4 steps), and one cached cifar10-test reference (the fixture's
+8 test images) serve every test. Inception runs on the CPU (~4 images/s); with so few images each FID takes the exact
+low-rank path (:func:`ddpm.metrics.fid`), milliseconds instead of a 2048x2048 matrix square root.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import TINY, write_cifar10
-from ddpm.cli import main
+from conftest import TINY, TinyRun, write_cifar10
 
 EVAL = ["--sampler", "ddim", "--reference", "cifar10-test", "--device", "cpu"]
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> Path:
-    """A folder with ``cifar/`` (CIFAR-10 pickles) and ``run/``, a tiny run trained on them (T = 100)."""
-    root = tmp_path_factory.mktemp("eval")
-    write_cifar10(root / "cifar")
-    assert main([str(a) for a in ["train", *TINY, "--data-dir", root / "cifar", "--save-model", root / "run"]]) == 0
-    return root
+def cache(tmp_path_factory) -> Path:
+    """The module's statistics cache: the cifar10-test reference is computed once."""
+    return tmp_path_factory.mktemp("cache")
 
 
 @pytest.fixture
-def run(trained: Path, tmp_path: Path, monkeypatch) -> Path:
-    """This test's own copy of the run directory (so eval.jsonl starts empty), with the module's statistics cache."""
-    monkeypatch.setenv("DDPM_CACHE_DIR", str(trained / "cache"))
-    shutil.copytree(trained / "run", tmp_path / "run")
-    return tmp_path / "run"
+def run(run_copy: Path, cache: Path, monkeypatch) -> Path:
+    """This test's own copy of the tiny run (T = 100; so eval.jsonl starts empty), with the module's statistics
+    cache."""
+    monkeypatch.setenv("DDPM_CACHE_DIR", str(cache))
+    return run_copy
 
 
 def _records(run: Path) -> list[dict]:
@@ -44,9 +39,10 @@ def _records(run: Path) -> list[dict]:
 
 
 @pytest.mark.filterwarnings("ignore:Matrix is singular")  # 8 images: a rank-7 covariance
-def test_eval_prints_a_summary_logs_a_json_line_and_keeps_the_samples(cli, run: Path, trained: Path, tmp_path: Path):
+def test_eval_prints_a_summary_logs_a_json_line_and_keeps_the_samples(cli, run: Path, tiny_run: TinyRun,
+                                                                       tmp_path: Path):
     code, out, err = cli("eval", run, "--num-samples", 8, "--sampling-steps", 3, "--batch-size", 5, *EVAL,
-                         "--data-dir", trained / "cifar", "--keep-samples", tmp_path / "kept")
+                         "--data-dir", tiny_run.data, "--keep-samples", tmp_path / "kept")
     assert code == 0, err
     [record] = _records(run)
     assert Path(record["checkpoint"]) == (run / "ckpt-00000004.pt").resolve()
@@ -73,9 +69,9 @@ def test_eval_prints_a_summary_logs_a_json_line_and_keeps_the_samples(cli, run: 
         assert np.abs(kept - sampled).max() <= 1  # batch size may change the last bit of a convolution
 
 
-def test_sweep_logs_one_line_per_step_count_and_plots_fid_against_nfe(cli, run: Path, trained: Path):
+def test_sweep_logs_one_line_per_step_count_and_plots_fid_against_nfe(cli, run: Path, tiny_run: TinyRun):
     code, out, err = cli("eval", run, "--num-samples", 4, "--sampling-steps", "10,1", *EVAL,
-                         "--data-dir", trained / "cifar")
+                         "--data-dir", tiny_run.data)
     assert code == 0, err
     records = _records(run)
     assert [(r["steps"], r["num_samples"], r["step"]) for r in records] == [(10, 4, 4), (1, 4, 4)]
@@ -94,13 +90,13 @@ def test_sweep_logs_one_line_per_step_count_and_plots_fid_against_nfe(cli, run: 
     (["--sampling-steps", "10", "--num-samples", "3"], "--num-samples must be at least 4"),
     (["--sampling-steps", "10", "--reference", "{root}/missing"], "missing does not exist"),
 ])
-def test_errors_are_one_line_and_come_before_any_sampling(cli, run: Path, trained: Path, tmp_path: Path, monkeypatch,
+def test_errors_are_one_line_and_come_before_any_sampling(cli, run: Path, tmp_path: Path, monkeypatch,
                                                           args: list[str], message: str):
     """An empty --data-dir and cache: had the reference been computed first, the error would be about CIFAR-10."""
     monkeypatch.setenv("DDPM_CACHE_DIR", str(tmp_path / "no-cache"))
-    (trained / "empty").mkdir(exist_ok=True)
-    args = [a.format(root=trained) for a in args]
-    code, out, err = cli("eval", run, *EVAL, *args, "--data-dir", trained / "empty")
+    (tmp_path / "empty").mkdir()
+    args = [a.format(root=tmp_path) for a in args]
+    code, out, err = cli("eval", run, *EVAL, *args, "--data-dir", tmp_path / "empty")
     assert code == 2 and out == ""
     assert message in err and err.count("\n") == 1, err
     assert not (run / "eval.jsonl").exists()

@@ -1,8 +1,10 @@
 """Never lose a run (issue #5): preemption, kill -9 while a checkpoint is written, a full disk, damaged and
 malicious checkpoints, non-finite steps, config validation and bad input, all on CPU with the tiny preset.
 
-Signals, kill -9 and the bad-input catalogue run the real CLI in a subprocess (``python -m ddpm``), so exit codes,
-signal handlers and what reaches stderr are the real ones; the rest runs the CLI in-process, which is faster.
+Signals and kill -9 run the real CLI in a subprocess (``python -m ddpm``), so exit codes and signal handlers are
+the real ones, and a few bad inputs go through the ``ddpm`` console script itself; the rest, the bad-input catalogue
+included, runs the CLI's ``main(argv)`` in-process, which is faster. kill -9 and the full disks are end-to-end runs,
+marked ``slow``.
 """
 
 from __future__ import annotations
@@ -11,7 +13,6 @@ import contextlib
 import json
 import math
 import os
-import random
 import re
 import resource
 import shutil
@@ -28,7 +29,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from conftest import TINY, write_cifar10
+from conftest import TINY, TinyRun
 from ddpm.checkpoint import list_checkpoints, load_checkpoint
 from ddpm.cli import main
 from ddpm.config import make_config
@@ -107,21 +108,6 @@ def _one_thread():
     torch.set_num_threads(threads)
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> dict[str, Path]:
-    """CIFAR-style data and a tiny run with checkpoints at steps 2 and 4, shared read-only by the tests."""
-    root = tmp_path_factory.mktemp("trained")
-    data = write_cifar10(root / "cifar").parent
-    assert main(["train", *TINY, "--data-dir", str(data), "--save-model", str(root / "run")]) == 0
-    return {"data": data, "run": root / "run"}
-
-
-@pytest.fixture
-def run_copy(trained, tmp_path) -> Path:
-    """A copy of the trained run that a test may damage."""
-    return Path(shutil.copytree(trained["run"], tmp_path / "run"))
-
-
 # ------------------------------------------------------------------------------------------------ preemption
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_signal_saves_a_checkpoint_at_the_current_step_then_resume_continues(signum, start, cli, cifar_dir,
@@ -170,41 +156,79 @@ def test_second_sigint_quits_at_once_without_saving(start, cifar_dir, tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------ kill -9
-KILL_CYCLES = 4
+# ``python -c KILL_BEFORE_RENAME NAME N ARGS...`` runs ``ddpm ARGS`` and kill -9s itself at the Nth rename onto a file
+# whose name starts with NAME: inside an atomic write, after its temp file is written and fsynced, before the rename.
+# It wraps ``os.replace``, the rename every atomic write ends with, and leaves ddpm's code as it is.
+KILL_BEFORE_RENAME = """
+import os, signal, sys
+
+name, nth = sys.argv[1], int(sys.argv[2])
+rename, renames = os.replace, 0
 
 
-def test_kill_9_while_writing_checkpoints_then_resume(start, cli, cifar_dir, tmp_path):
-    """Each cycle resumes the run, waits until a checkpoint write starts, waits a random moment and kills -9.
+def replace(src, dst, *args, **kwargs):
+    global renames
+    if os.path.basename(os.fspath(dst)).startswith(name):
+        renames += 1
+        if renames == nth:
+            os.kill(os.getpid(), signal.SIGKILL)
+    return rename(src, dst, *args, **kwargs)
 
-    Every checkpoint file left behind must be intact, and the next resume must start from the newest.
+
+os.replace = replace
+from ddpm.cli import main
+
+sys.exit(main(sys.argv[3:]))
+"""
+
+
+def _without_pids(paths: list[Path]) -> list[str]:
+    return sorted(re.sub(r"\d+$", "PID", p.name) for p in paths)
+
+
+@pytest.mark.slow
+def test_kill_9_while_writing_checkpoints_then_resume(cli, cifar_dir, tmp_path):
+    """Three runs killed -9 inside a write, at points chosen by construction, then a resume that completes.
+
+    Whatever checkpoint is left must be complete, a temp file is never read, and every resume starts from the
+    newest checkpoint, also when ``latest`` was not yet updated to name it.
     """
     run = tmp_path / "run"
     args = ["train", *TINY, "--data-dir", cifar_dir, "--save-model", run, "--resume", "--checkpoint", "1",
-            "--total-steps", "100000", "--logging-steps", "100000"]
-    rng = random.Random(0)
-    newest, killed_mid_write = None, 0
-    for cycle in range(KILL_CYCLES):
-        logs = tmp_path / f"cycle{cycle}"
-        proc = start(logs, *args)
-        _wait_for(lambda: list(run.glob(f".ckpt-*.pt.tmp-{proc.pid}")), proc, logs)
-        time.sleep(rng.uniform(0, 0.02))
-        proc.kill()
-        proc.wait()
-        killed_mid_write += bool(list(run.glob(f".ckpt-*.pt.tmp-{proc.pid}")))
-        print("DEBUG", cycle, sorted(p.name for p in run.iterdir()), (run / "latest").read_text().strip() if (run / "latest").exists() else None)
-        out, err = _output(logs)
-        assert "Traceback" not in err and "trying the previous checkpoint" not in err, err
-        assert (f"resuming from {newest} " if newest else "starting a new run") in out
-        checkpoints = list_checkpoints(run)
-        for path in checkpoints:  # atomic writes: whatever is there is complete
-            assert load_checkpoint(path)["step"] == int(path.stem.split("-")[1])
-        newest = checkpoints[-1] if checkpoints else None
-    assert killed_mid_write, "no kill landed inside a checkpoint write"
-    step = load_checkpoint(newest)["step"] if newest else 0
-    code, out, err = _train(cli, cifar_dir, run, "--resume", "--checkpoint", "1", "--total-steps", step + 1)
+            "--total-steps", "6", "--logging-steps", "100000"]  # 6: a run the kill missed ends, and the test fails
+
+    def killed(name: str, nth: int) -> str:
+        done = subprocess.run([sys.executable, "-c", KILL_BEFORE_RENAME, name, str(nth), *map(str, args)],
+                              capture_output=True, text=True, env=ENV, timeout=300)
+        assert done.returncode == -signal.SIGKILL, f"exit code {done.returncode}; stderr:\n{done.stderr[-3000:]}"
+        assert "Traceback" not in done.stderr and "trying the previous checkpoint" not in done.stderr, done.stderr
+        return done.stdout
+
+    def steps() -> list[int]:  # atomic writes: every checkpoint file there is complete
+        found = [load_checkpoint(p)["step"] for p in list_checkpoints(run)]
+        assert found == [int(p.stem.split("-")[1]) for p in list_checkpoints(run)]
+        return found
+
+    # A new run, killed as its first checkpoint is renamed into place: the temp file is complete, and it is all.
+    assert "starting a new run" in killed("ckpt-", 1)
+    assert steps() == [] and not (run / "latest").exists()
+    [temp] = _temp_files(run)
+    assert _without_pids([temp]) == [".ckpt-00000001.pt.tmp-PID"] and load_checkpoint(temp)["step"] == 1
+
+    # The temp file is not a checkpoint to resume from; killed again at the third checkpoint's rename.
+    assert "starting a new run" in killed("ckpt-", 3)
+    assert steps() == [1, 2] and (run / "latest").read_text().strip() == "ckpt-00000002.pt"
+    assert _without_pids(_temp_files(run)) == [".ckpt-00000003.pt.tmp-PID"]  # the first run's is removed
+
+    # Killed after checkpoint 3 is in place, as `latest` is renamed to name it: latest still names step 2.
+    assert f"resuming from {run / 'ckpt-00000002.pt'} (step 2)" in killed("latest", 1)
+    assert steps() == [1, 2, 3] and (run / "latest").read_text().strip() == "ckpt-00000002.pt"
+    assert _without_pids(_temp_files(run)) == [".ckpt-00000003.pt.tmp-PID", ".latest.tmp-PID"]
+
+    code, out, err = _train(cli, cifar_dir, run, "--resume", "--checkpoint", "1", "--total-steps", "4")
     assert code == 0, err
-    assert f"resuming from {newest} " in out if newest else "starting a new run" in out
-    assert load_checkpoint(list_checkpoints(run)[-1])["step"] == step + 1
+    assert f"resuming from {run / 'ckpt-00000003.pt'} (step 3)" in out  # the newest, not the one latest named
+    assert steps() == [2, 3, 4] and (run / "latest").read_text().strip() == "ckpt-00000004.pt"
     assert _temp_files(run) == []  # the leftovers of the killed writers are gone
 
 
@@ -236,6 +260,7 @@ def _small_tmpfs(folder: Path, nbytes: int):
         subprocess.run(["umount", str(folder)], check=True)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("disk", ["file-size-limit", "full-tmpfs"])
 def test_disk_full_while_checkpointing_keeps_the_previous_checkpoint(disk, cli, cifar_dir, tmp_path):
     run = tmp_path / "run"
@@ -261,7 +286,7 @@ def test_disk_full_while_checkpointing_keeps_the_previous_checkpoint(disk, cli, 
 
 
 # ------------------------------------------------------------------------------------------------ damaged files
-def test_damaged_latest_checkpoint_falls_back_to_the_previous(cli, trained, run_copy, tmp_path):
+def test_damaged_latest_checkpoint_falls_back_to_the_previous(cli, tiny_run: TinyRun, run_copy, tmp_path):
     latest = run_copy / "ckpt-00000004.pt"
     latest.write_bytes(latest.read_bytes()[: latest.stat().st_size // 2])  # truncated, as by a failing disk
 
@@ -272,7 +297,7 @@ def test_damaged_latest_checkpoint_falls_back_to_the_previous(cli, trained, run_
     assert "ckpt-00000002.pt (step 2" in out
 
     with pytest.warns(UserWarning, match=r"ckpt-00000004\.pt is truncated"):
-        code, out, err = _train(cli, trained["data"], run_copy, "--resume")
+        code, out, err = _train(cli, tiny_run.data, run_copy, "--resume")
     assert code == 0, err
     assert "ckpt-00000002.pt (step 2)" in out
     assert load_checkpoint(latest)["step"] == 4  # rewritten by the resumed run
@@ -288,7 +313,7 @@ class _RunsCode:
         return open, (str(self.marker), "w")
 
 
-def test_checkpoint_carrying_code_is_refused(cli, trained, run_copy, tmp_path):
+def test_checkpoint_carrying_code_is_refused(cli, tiny_run: TinyRun, run_copy, tmp_path):
     marker = tmp_path / "code-ran"
     state = load_checkpoint(run_copy / "ckpt-00000004.pt")
     evil = tmp_path / "evil.pt"
@@ -300,7 +325,7 @@ def test_checkpoint_carrying_code_is_refused(cli, trained, run_copy, tmp_path):
     # The same file as the newest checkpoint of a run: skipped with a warning, the previous one used.
     shutil.copy(evil, run_copy / "ckpt-00000006.pt")
     with pytest.warns(UserWarning, match=r"refusing to load .*ckpt-00000006\.pt"):
-        code, out, err = _train(cli, trained["data"], run_copy, "--resume", "--total-steps", "5")
+        code, out, err = _train(cli, tiny_run.data, run_copy, "--resume", "--total-steps", "5")
     assert code == 0, err
     assert "ckpt-00000004.pt (step 4)" in out
     assert not marker.exists()
@@ -362,7 +387,7 @@ def test_a_beta_range_that_keeps_signal_in_x_T_warns_before_training(cli):
 
 # ------------------------------------------------------------------------------------------------ bad input
 @pytest.fixture
-def bad(trained, tmp_path) -> dict[str, Path]:
+def bad(tiny_run: TinyRun, tmp_path) -> dict[str, Path]:
     """Paths for the bad-input catalogue."""
     (tmp_path / "empty").mkdir()
     images = tmp_path / "images"
@@ -372,10 +397,11 @@ def bad(trained, tmp_path) -> dict[str, Path]:
     (images / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
     (tmp_path / "a-file").write_text("in the way")
     (tmp_path / "garbage.pt").write_bytes(os.urandom(4096))
-    state = load_checkpoint(trained["run"] / "ckpt-00000004.pt")
+    state = load_checkpoint(tiny_run.run / "ckpt-00000004.pt")
     state["config"]["model"]["nf"] = 32  # the weights are those of nf 16
     torch.save(state, tmp_path / "incompatible.pt")
-    return {**trained, "tmp": tmp_path, "empty": tmp_path / "empty", "images": images, "file": tmp_path / "a-file"}
+    return {"data": tiny_run.data, "run": tiny_run.run, "tmp": tmp_path, "empty": tmp_path / "empty", "images": images,
+            "file": tmp_path / "a-file"}
 
 
 def _train_args(*extra):
@@ -421,14 +447,33 @@ CATALOGUE = {
 
 
 @pytest.mark.parametrize("case", list(CATALOGUE))
-def test_bad_input_is_a_one_line_error(case, bad):
+def test_bad_input_is_a_one_line_error(case, bad, capsys, monkeypatch):
+    """``main(argv)`` in-process, as the console script calls it; argparse's own errors leave by SystemExit."""
     if (case.startswith("mps") and torch.backends.mps.is_available()) or (case.startswith("cuda") and
                                                                           torch.cuda.is_available()):
         pytest.skip("this machine has the device")
     make_args, expected = CATALOGUE[case]
-    done = subprocess.run([*DDPM, *map(str, make_args(bad))], capture_output=True, text=True, cwd=bad["tmp"],
+    monkeypatch.chdir(bad["tmp"])
+    try:
+        code = main([str(a) for a in make_args(bad)])
+    except SystemExit as exc:
+        code = exc.code
+    assert code == 2
+    line = _error_line(capsys.readouterr().err)
+    for text in expected:
+        assert text in line, line
+
+
+@pytest.mark.parametrize("case", ["unknown preset", "missing data dir", "corrupt checkpoint"])
+def test_the_console_script_prints_the_one_line_error(case, bad):
+    """A few cases of the catalogue through the installed ``ddpm`` script: an argparse error, a training error and
+    a loading error, with the exit code and stderr a user sees."""
+    script = Path(sys.executable).with_name("ddpm")
+    command = [str(script)] if script.is_file() else DDPM  # not installed: the same main() through python -m ddpm
+    make_args, expected = CATALOGUE[case]
+    done = subprocess.run([*command, *map(str, make_args(bad))], capture_output=True, text=True, cwd=bad["tmp"],
                           env=ENV, timeout=300)
-    assert done.returncode != 0
+    assert done.returncode == 2
     line = _error_line(done.stderr)
     for text in expected:
         assert text in line, line

@@ -1,4 +1,7 @@
-"""Training through the real CLI on tiny fixtures: data formats, checkpoints, resume, sampling, export."""
+"""Training through the real CLI on tiny fixtures: data formats, checkpoints, resume, sampling, export.
+
+Tests that need a trained run rather than a training run of their own read the session's ``tiny_run`` (or resume
+their own copy of it, ``run_copy``)."""
 
 from __future__ import annotations
 
@@ -9,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import TINY
+from conftest import TINY, TinyRun
 from ddpm.checkpoint import list_checkpoints, load_checkpoint
 from ddpm.config import without_paths
 from ddpm.model_io import load_model
@@ -20,10 +23,9 @@ def _tensors(state: dict, key: str) -> dict[str, torch.Tensor]:
     return state[key] if key != "ema" else state["ema"]["model"]
 
 
-def test_train_on_cifar_pickles_then_sample(cli, cifar_dir, tmp_path):
-    run = tmp_path / "run"
-    code, out, err = cli("train", *TINY, "--data-dir", cifar_dir, "--save-model", run)
-    assert code == 0, err
+def test_train_on_cifar_pickles_then_sample(cli, tiny_run: TinyRun, tmp_path):
+    """``ddpm train TINY`` on the CIFAR-10 pickles is the session's tiny run; ``out`` is what it printed."""
+    run, out = tiny_run.run, tiny_run.out
     assert "CIFAR-10 train" in out and "40 images" in out
     assert [p.name for p in list_checkpoints(run)] == ["ckpt-00000002.pt", "ckpt-00000004.pt"]
     assert (run / "latest").read_text().strip() == "ckpt-00000004.pt"
@@ -46,10 +48,10 @@ def test_train_on_cifar_pickles_then_sample(cli, cifar_dir, tmp_path):
     assert images.std() > 0
 
 
-def test_compiled_sampling_draws_the_same_images(cli, cifar_dir, tmp_path):
+@pytest.mark.slow
+def test_compiled_sampling_draws_the_same_images(cli, tiny_run: TinyRun, tmp_path):
     """``ddpm sample --compile`` (torch.compile, inductor on the CPU) changes the speed, not the images."""
-    run = tmp_path / "run"
-    assert cli("train", *TINY, "--data-dir", cifar_dir, "--save-model", run)[0] == 0
+    run = tiny_run.run
     for name, extra in (("eager", []), ("compiled", ["--compile"])):
         code, _, err = cli("sample", "--load-model", run, "--num-samples", 2, "--sampler", "ddim", "--sampling-steps", 2,
                            "--npz", tmp_path / f"{name}.npz", "--device", "cpu", *extra)
@@ -100,36 +102,32 @@ def test_resume_is_bit_identical(cli, cifar_dir, tmp_path):
     assert not all(torch.equal(t, c["model"][n]) for n, t in a["model"].items())
 
 
-def test_resume_refuses_changed_hyperparameters(cli, cifar_dir, tmp_path):
-    run = tmp_path / "run"
-    assert cli("train", *TINY, "--data-dir", cifar_dir, "--save-model", run)[0] == 0
-    code, _, err = cli("train", *TINY, "--data-dir", cifar_dir, "--save-model", run, "--resume", "--lr", "0.5")
+def test_resume_refuses_changed_hyperparameters(cli, tiny_run: TinyRun, run_copy):
+    run, data = run_copy, tiny_run.data
+    code, _, err = cli("train", *TINY, "--data-dir", data, "--save-model", run, "--resume", "--lr", "0.5")
     assert code == 2
     assert "--lr" in err and "cannot resume" in err
-    code, out, err = cli("train", *TINY, "--data-dir", cifar_dir, "--save-model", run, "--resume", "--total-steps", "6")
+    code, out, err = cli("train", *TINY, "--data-dir", data, "--save-model", run, "--resume", "--total-steps", "6")
     assert code == 0, err
     assert load_checkpoint(list_checkpoints(run)[-1])["step"] == 6
 
 
-def test_existing_run_needs_resume(cli, cifar_dir, tmp_path):
-    run = tmp_path / "run"
-    assert cli("train", *TINY, "--data-dir", cifar_dir, "--save-model", run)[0] == 0
-    code, _, err = cli("train", *TINY, "--data-dir", cifar_dir, "--save-model", run)
+def test_existing_run_needs_resume(cli, tiny_run: TinyRun, run_copy):
+    code, _, err = cli("train", *TINY, "--data-dir", tiny_run.data, "--save-model", run_copy)
     assert code == 2 and "--resume" in err
 
 
-def test_export_safetensors_round_trip(cli, cifar_dir, tmp_path):
-    run = tmp_path / "run"
-    assert cli("train", *TINY, "--data-dir", cifar_dir, "--save-model", run)[0] == 0
+def test_export_safetensors_round_trip(cli, tiny_run: TinyRun, tmp_path):
+    run = tiny_run.run
     exported = tmp_path / "model.safetensors"
     code, _, err = cli("export", run, "--output", exported)
     assert code == 0, err
     from_ckpt, from_file = load_model(run), load_model(exported)
     # The file keeps what rebuilds the model, not the folders of the machine it was trained on.
     assert from_file.config == without_paths(from_ckpt.config) and from_file.step == 4
-    assert from_ckpt.config.train.save_model == str(run) and from_ckpt.config.train.data_dir == str(cifar_dir)
+    assert from_ckpt.config.train.save_model == str(run) and from_ckpt.config.train.data_dir == str(tiny_run.data)
     metadata = exported.read_bytes()[:100_000]
-    assert str(run).encode() not in metadata and str(cifar_dir).encode() not in metadata
+    assert str(run).encode() not in metadata and str(tiny_run.data).encode() not in metadata
     for name, tensor in from_ckpt.model.state_dict().items():
         assert torch.equal(tensor, from_file.model.state_dict()[name])
     code, _, err = cli("sample", "--load-model", exported, "--num-samples", "2", "--sampler", "ddim",
@@ -137,9 +135,8 @@ def test_export_safetensors_round_trip(cli, cifar_dir, tmp_path):
     assert code == 0, err
 
 
-def test_ema_weights_differ_from_raw_and_are_the_default(cli, cifar_dir, tmp_path):
-    run = tmp_path / "run"
-    assert cli("train", *TINY, "--data-dir", cifar_dir, "--save-model", run)[0] == 0
+def test_ema_weights_differ_from_raw_and_are_the_default(tiny_run: TinyRun):
+    run = tiny_run.run
     ema, raw = load_model(run), load_model(run, weights="raw")
     assert ema.weights == "ema" and raw.weights == "raw"
     assert any(not torch.equal(p, q) for p, q in zip(ema.model.parameters(), raw.model.parameters()))

@@ -16,6 +16,7 @@ FIGURES = ["forward.png", "architecture.png", "samples.png", "trajectory.png", "
            "shipped-samples.png", "shipped-trajectory.png"]
 
 
+@pytest.mark.slow
 def test_tutorial_runs(tmp_path, monkeypatch):
     work = tmp_path / "tutorial"
     monkeypatch.setenv("DDPM_TUTORIAL_DIR", str(work))

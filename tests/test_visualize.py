@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import TINY, write_image_folder
+from conftest import TinyRun
 from ddpm.cli import main
 from ddpm.diffusion import GaussianDiffusion
 from ddpm.figures.architecture import describe_unet
@@ -24,14 +24,10 @@ from ddpm.runlog import read_metrics
 from ddpm.unet import count_parameters, create_model
 
 
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory) -> Path:
-    """A 4-step tiny run (T = 100) with its metrics.jsonl, trained once for the whole module."""
-    root = tmp_path_factory.mktemp("vis")
-    data = write_image_folder(root / "images")
-    run = root / "run"
-    assert main(["train", *TINY, "--data-dir", str(data), "--save-model", str(run)]) == 0
-    return run
+@pytest.fixture
+def run_dir(tiny_run: TinyRun) -> Path:
+    """The session's 4-step tiny run (T = 100) with its metrics.jsonl; read-only."""
+    return tiny_run.run
 
 
 def _size(path: Path) -> tuple[int, int]:
@@ -154,12 +150,12 @@ def test_describe_unet_walks_the_network(preset, skips):
 
 
 # ------------------------------------------------------------------------------------------------------ plot
-def test_plot(cli, run_dir, tmp_path):
-    code, stdout, err = cli("plot", run_dir)
+def test_plot(cli, run_copy, tmp_path):
+    code, stdout, err = cli("plot", run_copy)
     assert code == 0, err
     assert "2 records, steps 2..4" in stdout
-    assert _size(run_dir / "training_curves.png") == (800, 700)
-    code, _, err = cli("plot", run_dir / "metrics.jsonl", "--output", tmp_path / "c.png", "--dpi", "50")
+    assert _size(run_copy / "training_curves.png") == (800, 700)
+    code, _, err = cli("plot", run_copy / "metrics.jsonl", "--output", tmp_path / "c.png", "--dpi", "50")
     assert code == 0, err
     assert _size(tmp_path / "c.png") == (400, 350)
     code, _, err = cli("plot", tmp_path)
