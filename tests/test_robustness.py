@@ -1,8 +1,10 @@
 """Never lose a run (issue #5): preemption, kill -9 while a checkpoint is written, a full disk, damaged and
 malicious checkpoints, non-finite steps, config validation and bad input, all on CPU with the tiny preset.
 
-Signals, kill -9 and the bad-input catalogue run the real CLI in a subprocess (``python -m ddpm``), so exit codes,
-signal handlers and what reaches stderr are the real ones; the rest runs the CLI in-process, which is faster.
+Signals and kill -9 run the real CLI in a subprocess (``python -m ddpm``), so exit codes and signal handlers are
+the real ones, and a few bad inputs go through the ``ddpm`` console script itself; the rest, the bad-input catalogue
+included, runs the CLI's ``main(argv)`` in-process, which is faster. kill -9 and the full disks are end-to-end runs,
+marked ``slow``.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from PIL import Image
 
 from conftest import TINY, TinyRun
 from ddpm.checkpoint import list_checkpoints, load_checkpoint
+from ddpm.cli import main
 from ddpm.config import make_config
 from ddpm.diffusion import GaussianDiffusion
 from ddpm.errors import ConfigError
@@ -444,14 +447,33 @@ CATALOGUE = {
 
 
 @pytest.mark.parametrize("case", list(CATALOGUE))
-def test_bad_input_is_a_one_line_error(case, bad):
+def test_bad_input_is_a_one_line_error(case, bad, capsys, monkeypatch):
+    """``main(argv)`` in-process, as the console script calls it; argparse's own errors leave by SystemExit."""
     if (case.startswith("mps") and torch.backends.mps.is_available()) or (case.startswith("cuda") and
                                                                           torch.cuda.is_available()):
         pytest.skip("this machine has the device")
     make_args, expected = CATALOGUE[case]
-    done = subprocess.run([*DDPM, *map(str, make_args(bad))], capture_output=True, text=True, cwd=bad["tmp"],
+    monkeypatch.chdir(bad["tmp"])
+    try:
+        code = main([str(a) for a in make_args(bad)])
+    except SystemExit as exc:
+        code = exc.code
+    assert code == 2
+    line = _error_line(capsys.readouterr().err)
+    for text in expected:
+        assert text in line, line
+
+
+@pytest.mark.parametrize("case", ["unknown preset", "corrupt checkpoint"])
+def test_the_console_script_prints_the_one_line_error(case, bad):
+    """Two cases of the catalogue through the installed ``ddpm`` script, an argparse error and a DDPMError, with the
+    exit code and stderr a user sees. (The signal tests start ``ddpm train`` in a fresh process too.)"""
+    script = Path(sys.executable).with_name("ddpm")
+    command = [str(script)] if script.is_file() else DDPM  # not installed: the same main() through python -m ddpm
+    make_args, expected = CATALOGUE[case]
+    done = subprocess.run([*command, *map(str, make_args(bad))], capture_output=True, text=True, cwd=bad["tmp"],
                           env=ENV, timeout=300)
-    assert done.returncode != 0
+    assert done.returncode == 2
     line = _error_line(done.stderr)
     for text in expected:
         assert text in line, line
