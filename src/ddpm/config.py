@@ -62,7 +62,8 @@ def _opt(default: Any, help: str, flag: str | None = None, choices: tuple | None
 
     ``flag``: the flag's name where it is not ``--field-name``; ``choices``: the allowed values; ``resume``: may
     differ between a checkpoint and the command that resumes it (bookkeeping, not the hyper-parameters that shape
-    what is learnt); ``bound``: ``"positive"`` or ``"non_negative"``, checked by :func:`validate`; ``path``: names
+    what is learnt); ``bound``: the values allowed, ``"positive"``, ``"non_negative"`` or an interval such as
+    ``"[0, 1)"``, checked by :func:`validate` (:func:`check_bound`); ``path``: names
     a file or folder of the machine the run is on, which exported models leave out (:func:`without_paths`);
     ``extra``: argparse settings (``type``, ``metavar``, ``nargs``).
     """
@@ -82,7 +83,7 @@ class ModelConfig:
     ch_mult: tuple[int, ...] = _opt((1, 2, 4), "channel multiplier per resolution level", nargs="+")
     num_res_blocks: int = _opt(2, "residual blocks per encoder level", bound="positive")
     attn_resolutions: tuple[int, ...] = _opt((8, 4), "resolutions (pixels) that get self-attention", nargs="+")
-    dropout: float = _opt(0.1, "dropout rate inside residual blocks")
+    dropout: float = _opt(0.1, "dropout rate inside residual blocks", bound="[0, 1)")
     time_emb_dim: int = _opt(512, "width of the timestep embedding fed to every residual block", bound="positive")
     activation: str = _opt("relu", "activation function", choices=("relu", "silu"))
     norm_groups: int = _opt(32, "GroupNorm groups; must divide every channel count", bound="positive")
@@ -92,11 +93,13 @@ class ModelConfig:
         "'block': a skip from every block, conv/nearest resampling (Ho et al.)",
         choices=("level", "block"),
     )
-    attention_heads: int = _opt(1, "heads in each self-attention block (when --attention-head-dim is 0)", bound="positive")
+    attention_heads: int = _opt(1, "heads in each self-attention block (when --attention-head-dim is 0)",
+                                bound="positive")
     attention_head_dim: int = _opt(
         0, "channels per self-attention head, so that wider blocks get more heads (diffusers' attention_head_dim); "
            "0: --attention-heads heads in every block", bound="non_negative")
-    norm_eps: float = _opt(1e-5, "epsilon of every GroupNorm (PyTorch's default; Ho et al.'s TensorFlow code: 1e-6)")
+    norm_eps: float = _opt(1e-5, "epsilon of every GroupNorm (PyTorch's default; Ho et al.'s TensorFlow code: 1e-6)",
+                           bound="positive")
     downsample_padding: str = _opt(
         "symmetric",
         "padding of the stride-2 3x3 down-sampling convolution of 'block' UNets: 'symmetric' (1 pixel on every side) "
@@ -152,12 +155,12 @@ class TrainConfig:
     total_steps: int = _opt(1_000_000, "optimisation steps", resume=True, bound="positive")
     batch_size: int = _opt(512, "global batch size (split across ranks under torchrun)", bound="positive")
     optimizer: str = _opt("lion", "optimiser", choices=("lion", "adamw"))
-    lr: float = _opt(1e-5, "peak learning rate")
+    lr: float = _opt(1e-5, "peak learning rate", bound="(0, 1)")
     weight_decay: float = _opt(0.0, "decoupled weight decay", bound="non_negative")
     lr_schedule: str = _opt("constant", "learning-rate schedule after warm-up", choices=("constant", "step", "cosine"))
     warmup_steps: int = _opt(5000, "linear learning-rate warm-up steps", bound="non_negative")
     steplr_steps: int = _opt(100_000, "period of the 'step' schedule", bound="positive")
-    steplr_factor: float = _opt(0.5, "factor applied every --steplr-steps by the 'step' schedule")
+    steplr_factor: float = _opt(0.5, "factor applied every --steplr-steps by the 'step' schedule", bound="(0, 1]")
     grad_clip: float = _opt(0.0, "clip the global gradient norm to this value (0: off)", bound="non_negative")
     loss_weight: str = _opt(
         "uniform",
@@ -166,14 +169,14 @@ class TrainConfig:
         "min(SNR, gamma)/(SNR + 1)", choices=LOSS_WEIGHTS)
     min_snr_gamma: float = _opt(5.0, "gamma of --loss-weight min-snr (Hang et al.'s default: 5)", bound="positive")
     ema_decay: float = _opt(0.9999, "decay of the exponential moving average of the weights (0: off); with a "
-                                    "warm-up, the value the decay grows towards")
+                                    "warm-up, the value the decay grows towards", bound="[0, 1)")
     ema_warmup: str = _opt(
         "power",
         "EMA decay warm-up (see ddpm.ema): 'power': 1 - (1 + n)^-EMA_POWER (diffusers, ema_pytorch), 'tf': "
         "(1 + n) / (10 + n) (TensorFlow's num_updates), 'none': the fixed decay of Ho et al.; each capped at "
         "--ema-decay", choices=("power", "tf", "none"))
     ema_power: float = _opt(2 / 3, "exponent of the 'power' EMA warm-up: 2/3 reaches 0.999 at 31.6k steps and 0.9999 "
-                                   "at 1M, 3/4 reaches them at 10k and 215k")
+                                   "at 1M, 3/4 reaches them at 10k and 215k", bound="positive")
     amp: bool = _opt(False, "mixed precision: bf16 where the device computes it (GPUs since Ampere, CPUs with "
                                    "AVX-512/AMX), fp16 with a gradient scaler on older GPUs and MPS; float32, with a "
                                    "warning, on a CPU without bf16 instructions")
@@ -181,15 +184,19 @@ class TrainConfig:
     seed: int = _opt(0, "random seed; with the same seed a CPU run is reproducible")
     max_time: float = _opt(0.0, "stop cleanly after this much wall-clock time of this invocation, with a checkpoint "
                                 "and a sample grid (e.g. 2h, 90m, 1h30m, 45s, or seconds; 0: no limit); --resume "
-                                "continues the run", type=parse_duration, metavar="DURATION", resume=True, bound="non_negative")
+                                "continues the run", type=parse_duration,
+                                metavar="DURATION", resume=True, bound="non_negative")
     logging_steps: int = _opt(1000, "write metrics every this many steps", resume=True, bound="positive")
-    checkpoint_every: int = _opt(50_000, "save a checkpoint every this many steps", flag="--checkpoint", resume=True, bound="positive")
+    checkpoint_every: int = _opt(50_000, "save a checkpoint every this many steps", flag="--checkpoint",
+                                 resume=True, bound="positive")
     keep_checkpoints: int = _opt(3, "keep the newest K checkpoints", resume=True, bound="positive")
-    sample_every: int = _opt(10_000, "save a sample grid from the EMA weights every this many steps (0: off)", resume=True, bound="non_negative")
+    sample_every: int = _opt(10_000, "save a sample grid from the EMA weights every this many steps (0: off)",
+                             resume=True, bound="non_negative")
     sample_steps: int = _opt(100, "DDIM steps used for the --sample-every grids", resume=True, bound="positive")
     fid_every: int = _opt(0, "FID/KID/precision/recall of the EMA weights every this many steps (0: off); slow on "
                              "a CPU, see docs/fid.md", resume=True, bound="non_negative")
-    fid_samples: int = _opt(5000, "samples drawn for each --fid-every evaluation (image i uses seed --seed + i)", resume=True)
+    fid_samples: int = _opt(5000, "samples drawn for each --fid-every evaluation (image i uses seed --seed + i)",
+                            resume=True)
     fid_sampler: str = _opt("ddim", "sampler of the --fid-every evaluations", choices=SAMPLERS, resume=True)
     fid_steps: int = _opt(50, "sampling steps of the --fid-every evaluations", resume=True, bound="positive")
     fid_reference: str = _opt(
@@ -197,12 +204,14 @@ class TrainConfig:
         "reference of the --fid-every evaluations: anything `ddpm fid` takes as B (a built-in CIFAR-10 name, whose "
         "statistics are computed once from the pickles in --data-dir or ./data and cached, a folder, an archive, "
         "an .npz of images or of statistics)", resume=True, path=True)
-    num_workers: int = _opt(2, "data-loading worker processes (image folders too large for memory)", resume=True, bound="non_negative")
+    num_workers: int = _opt(2, "data-loading worker processes (image folders too large for memory)",
+                            resume=True, bound="non_negative")
     device: str = _opt("auto", DEVICE_HELP, choices=DEVICES, resume=True)
     compile: bool = _opt(False, "torch.compile the model", resume=True)
     channels_last: bool = _opt(False, "use the channels_last memory format (faster convolutions on GPUs)", resume=True)
     skip_bad_images: bool = _opt(False, "warn about unreadable images and skip them instead of stopping", resume=True)
-    max_bad_steps: int = _opt(5, "stop after this many consecutive non-finite losses or gradients", resume=True, bound="positive")
+    max_bad_steps: int = _opt(5, "stop after this many consecutive non-finite losses or gradients",
+                              resume=True, bound="positive")
 
 
 @dataclass(frozen=True)
@@ -339,6 +348,30 @@ def num_downsamples(model: ModelConfig) -> int:
     return len(model.ch_mult) if model.skip == "level" else len(model.ch_mult) - 1
 
 
+_INTERVAL = re.compile(r"([\[(])(\S+), (\S+)([\])])")
+
+
+def check_bound(flag: str, value: float, bound: str) -> None:
+    """Raise ConfigError unless ``value`` is finite and within ``bound``: ``"positive"``, ``"non_negative"`` or an
+    interval written as in mathematics, e.g. ``"(0, 1]"``."""
+    if not math.isfinite(value):
+        raise ConfigError(f"{flag} must be a finite number, got {value}")
+    if bound == "positive" and not value > 0:
+        raise ConfigError(f"{flag} must be positive, got {value}")
+    if bound == "non_negative" and not value >= 0:
+        raise ConfigError(f"{flag} must be >= 0, got {value}")
+    if bound in ("positive", "non_negative"):
+        return
+    match = _INTERVAL.fullmatch(bound)
+    if match is None:
+        raise ValueError(f"unknown bound {bound!r} of {flag}")  # a mistake in this file, not the user's
+    opening, low, high, closing = match.groups()
+    above = value >= float(low) if opening == "[" else value > float(low)
+    below = value <= float(high) if closing == "]" else value < float(high)
+    if not (above and below):
+        raise ConfigError(f"{flag} must be in {bound}, got {value}")
+
+
 def validate(config: RunConfig) -> None:
     """Refuse configurations that would crash later or train something silently wrong; warn about a schedule whose
     x_T is not pure noise (:class:`ddpm.schedules.ScheduleWarning`), which old checkpoints may still hold."""
@@ -346,41 +379,21 @@ def validate(config: RunConfig) -> None:
     for section in SECTIONS:
         values = getattr(config, section)
         for f in fields(values):
-            bound, value = f.metadata["bound"], getattr(values, f.name)
-            if bound and not math.isfinite(value):
-                raise ConfigError(f"{flag_name(f)} must be a finite number, got {value}")
-            if bound == "positive" and value <= 0:
-                raise ConfigError(f"{flag_name(f)} must be positive, got {value}")
-            if bound == "non_negative" and value < 0:
-                raise ConfigError(f"{flag_name(f)} must be >= 0, got {value}")
+            if f.metadata["bound"]:
+                check_bound(flag_name(f), getattr(values, f.name), f.metadata["bound"])
     if t.fid_every and t.fid_samples < MIN_EVAL_SAMPLES:
         raise ConfigError(f"--fid-samples must be at least {MIN_EVAL_SAMPLES}, got {t.fid_samples}")
     if not 0 <= m.time_freq_shift < m.nf // 2:  # nf/2 frequencies spaced over (nf/2 - shift) intervals
         raise ConfigError(f"the timestep embedding needs nf/2 > --time-freq-shift >= 0 (its nf/2 frequencies are "
                           f"spaced over nf/2 - shift intervals), got --nf {m.nf} and --time-freq-shift "
                           f"{m.time_freq_shift}")
-    betas = [b for b in (d.beta_start, d.beta_end) if b is not None]
-    floats = (*betas, t.lr, m.dropout, t.ema_decay, t.grad_clip, t.weight_decay, m.norm_eps)
-    if not all(math.isfinite(v) for v in floats):
-        raise ConfigError("--beta-start, --beta-end, --lr, --dropout, --ema-decay, --grad-clip, --weight-decay and "
-                          "--norm-eps must be finite numbers")
-    if m.norm_eps <= 0:
-        raise ConfigError(f"--norm-eps must be positive, got {m.norm_eps}")
+    if not all(math.isfinite(b) for b in (d.beta_start, d.beta_end) if b is not None):
+        raise ConfigError("--beta-start and --beta-end must be finite numbers")
     if m.skip == "level" and m.downsample_padding != "symmetric":
         raise ConfigError("--downsample-padding applies to the 3x3 down-sampling of --skip block; the k4 convolutions "
                           "of --skip level always pad symmetrically")
     # Building the schedule refuses a linear beta range outside (0, 1) and warns when x_T is not pure noise.
     NoiseSchedule.from_config(d)
-    if not 0 < t.lr < 1:
-        raise ConfigError(f"--lr must be in (0, 1), got {t.lr}")
-    if not 0 <= m.dropout < 1:
-        raise ConfigError(f"--dropout must be in [0, 1), got {m.dropout}")
-    if not 0 <= t.ema_decay < 1:
-        raise ConfigError(f"--ema-decay must be in [0, 1), got {t.ema_decay}")
-    if not (math.isfinite(t.ema_power) and t.ema_power > 0):
-        raise ConfigError(f"--ema-power must be a positive number, got {t.ema_power}")
-    if not 0 < t.steplr_factor <= 1:
-        raise ConfigError(f"--steplr-factor must be in (0, 1], got {t.steplr_factor}")
     if not m.ch_mult or any(c <= 0 for c in m.ch_mult):
         raise ConfigError(f"--ch-mult must be positive integers, got {list(m.ch_mult)}")
     downs = num_downsamples(m)
