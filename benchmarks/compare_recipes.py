@@ -5,9 +5,10 @@ scored on the README's protocol and the results are printed as a Markdown table.
     python benchmarks/compare_recipes.py --data-dir cifar10-jpeg/train --reference train5k.npz \\
         --runs ~/runs/recipes --minutes 30 --chunk 10
 
-A candidate is the ``cpu`` preset plus a few flags (:data:`CANDIDATES`; ``--only`` picks some). Every turn is
+A candidate is the ``cpu`` preset (``--preset``) plus a few flags (:data:`CANDIDATES`; ``--only`` picks some). Every turn is
 ``ddpm train ... --resume --max-time CHUNK``, so an interrupted comparison continues where it stopped (run it again
-with the same arguments); training time is the ``train_sec`` the run logs (data + steps, not start-up or grids).
+with the same arguments); training time is the ``elapsed`` of the run's newest checkpoint (data and steps, not
+start-up, grids or saving), which every turn ends with.
 Scoring: ``ddpm eval RUN --num-samples 1000 --sampler ddim --sampling-steps 50 --reference REF`` (EMA weights), whose
 line in the run's eval.jsonl is read back; a run already scored at its final step is not scored again.
 """
@@ -22,8 +23,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 
-from ddpm.checkpoint import list_checkpoints  # noqa: E402
-from ddpm.runlog import EVAL_LOG, read_metrics  # noqa: E402
+from ddpm.checkpoint import list_checkpoints, load_checkpoint  # noqa: E402
+from ddpm.runlog import EVAL_LOG  # noqa: E402
 
 # name -> flags on top of --preset cpu. "cpu-seed1" measures the seed-to-seed spread of the baseline.
 CANDIDATES = {
@@ -37,11 +38,9 @@ CANDIDATES = {
 
 
 def trained_seconds(run: Path) -> float:
-    """Training time so far: ``train_sec`` of the run's last metrics line (0 before the first)."""
-    try:
-        return float(read_metrics(run)[-1].get("train_sec", 0.0))
-    except Exception:  # no metrics.jsonl yet
-        return 0.0
+    """Training time so far: ``elapsed`` of the run's newest checkpoint (0 before the first)."""
+    found = list_checkpoints(run)
+    return float(load_checkpoint(found[-1])["elapsed"]) if found else 0.0
 
 
 def ddpm(*args: str) -> None:
@@ -58,9 +57,9 @@ def train_in_turns(args, names: list[str]) -> None:
             return
         for name in behind:
             left = budget - trained_seconds(args.runs / name)
-            ddpm("train", "--preset", "cpu", *CANDIDATES[name], "--data-dir", str(args.data_dir),
+            ddpm("train", "--preset", args.preset, *CANDIDATES[name], "--data-dir", str(args.data_dir),
                  "--save-model", str(args.runs / name), "--resume", "--max-time", f"{min(args.chunk * 60, left):.0f}s",
-                 "--logging-steps", "50")
+                 "--logging-steps", "50", "--sample-every", "0")
 
 
 def score(args, name: str) -> dict:
@@ -68,9 +67,9 @@ def score(args, name: str) -> dict:
     step = int(list_checkpoints(run)[-1].stem.split("-")[1])
     log = run / EVAL_LOG
     done = [json.loads(line) for line in log.read_text().splitlines()] if log.is_file() else []
-    done = [r for r in done if r["step"] == step and r["num_samples"] == 1000 and r["sampler"] == "ddim"]
+    done = [r for r in done if r["step"] == step and r["num_samples"] == args.num_samples and r["sampler"] == "ddim"]
     if not done:
-        ddpm("eval", str(run), "--num-samples", "1000", "--sampler", "ddim", "--sampling-steps", "50",
+        ddpm("eval", str(run), "--num-samples", str(args.num_samples), "--sampler", "ddim", "--sampling-steps", "50",
              "--reference", str(args.reference), "--batch-size", "100")
         done = [json.loads(line) for line in log.read_text().splitlines()][-1:]
     return {"name": name, "minutes": trained_seconds(run) / 60, **done[-1]}
@@ -84,6 +83,8 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=30, help="training time per candidate")
     parser.add_argument("--chunk", type=float, default=10, help="minutes per turn")
     parser.add_argument("--only", nargs="+", choices=list(CANDIDATES), default=list(CANDIDATES))
+    parser.add_argument("--preset", default="cpu", help="the preset every candidate starts from (tiny: a smoke run)")
+    parser.add_argument("--num-samples", type=int, default=1000, help="samples scored per candidate")
     args = parser.parse_args()
     train_in_turns(args, args.only)
     rows = [score(args, name) for name in args.only]
