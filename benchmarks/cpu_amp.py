@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -28,6 +29,7 @@ from ddpm.distributed import DistInfo  # noqa: E402
 from ddpm.train import Trainer  # noqa: E402
 
 CPU = torch.device("cpu")
+RUNS = Path(tempfile.gettempdir()) / "ddpm-cpu-amp"  # run directories the trainers are given; nothing is saved there
 VARIANTS = {"float32": (False, False), "amp": (True, False), "amp + channels_last": (True, True)}  # --amp, --channels-last
 
 
@@ -40,7 +42,7 @@ def trainer(preset: str, batch: int, amp: bool, channels_last: bool, run: str, *
 def speed(args) -> None:
     images = torch.randint(0, 256, (args.batch_size, 3, 32, 32), dtype=torch.uint8,
                            generator=torch.Generator().manual_seed(0))
-    trainers = {name: trainer(args.preset, args.batch_size, *flags, "/tmp/cpu_amp") for name, flags in VARIANTS.items()}
+    trainers = {name: trainer(args.preset, args.batch_size, *flags, str(RUNS / "speed")) for name, flags in VARIANTS.items()}
     x = torch.randn(args.batch_size, 3, 32, 32)
     t = torch.randint(0, 1000, (args.batch_size,))
     rates: dict[str, dict[str, list[float]]] = {name: {"train": [], "forward": []} for name in trainers}
@@ -75,7 +77,7 @@ def loss_curves(args) -> None:
     data = open_training_data(args.data_dir, 32)
     curves = {}
     for name in ("float32", "amp"):
-        tr = trainer(args.preset, args.batch_size, *VARIANTS[name], f"/tmp/cpu_amp_{name}",
+        tr = trainer(args.preset, args.batch_size, *VARIANTS[name], str(RUNS / name),
                      optimizer="adamw", lr=args.lr, warmup_steps=args.warmup_steps)
         batches = StepBatches(len(data), args.batch_size, tr.config.train.seed)
         losses = [tr.train_step(images)[0].item() for images in iterate_batches(data, batches, 0, args.loss_steps, CPU)]

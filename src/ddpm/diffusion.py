@@ -56,8 +56,9 @@ class GaussianDiffusion(NoiseSchedule):
         if noise is None:
             noise = torch.randn(x0.shape, generator=generator, device=generator.device if generator else x0.device,
                                 dtype=x0.dtype).to(x0.device)
-        prediction = model(self.q_sample(x0, t, noise), t)
-        target = prediction_target(x0, noise, *self.alpha_sigma(t, x0), self.prediction)
+        alpha, sigma = self.alpha_sigma(t, x0)
+        prediction = model(alpha * x0 + sigma * noise, t)  # x_t, as q_sample makes it (eq. 4)
+        target = prediction_target(x0, noise, alpha, sigma, self.prediction)
         if weighting == "uniform":
             return F.mse_loss(prediction.float(), target.float())
         if weighting != "min-snr":

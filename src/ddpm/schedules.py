@@ -210,6 +210,4 @@ class NoiseSchedule:
     def predict_x0(self, x_t: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
         """x_0 = (x_t - sqrt(1 - alpha-bar_t) eps) / sqrt(alpha-bar_t), eq. 4 solved for x_0, from a given eps (for a
         network's output, whatever it predicts, see :meth:`eps_and_x0`)."""
-        return (x_t - self._extract("sqrt_one_minus_alphas_cumprod", t, x_t) * eps) / self._extract(
-            "sqrt_alphas_cumprod", t, x_t
-        )
+        return split_prediction(eps, x_t, *self.alpha_sigma(t, x_t), "eps")[1]
