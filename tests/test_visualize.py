@@ -41,9 +41,9 @@ def test_forward_figure(cli, image_folder, tmp_path):
     code, stdout, err = cli("visualize", "forward", "--data-dir", image_folder, "--num-images", "3",
                             "--time-steps", "100", "--output", out)
     assert code == 0, err
-    assert "t = 0 10 25 50 75 99 of T = 100" in stdout
+    assert "t = 1 10 25 50 75 100 (the paper's count) of T = 100" in stdout
     assert _size(out) == (1200, 675)  # 12 in x (0.75 in per image row + 4.5 in), 100 dpi
-    assert scaled_timesteps(1000) == [0, 100, 250, 500, 750, 999]
+    assert scaled_timesteps(1000) == [1, 100, 250, 500, 750, 1000]
 
 
 def test_forward_refuses_missing_data_and_folders(cli, tmp_path):
@@ -90,7 +90,7 @@ def test_loss_vs_t(cli, run_dir, cifar_dir, tmp_path):
     assert code == 0, err
     assert "CIFAR-10 test" in stdout
     table = [line.split() for line in stdout.splitlines() if line.split() and line.split()[0].isdigit()]
-    assert [(int(a), int(b)) for a, b, *_ in table] == [(0, 24), (25, 49), (50, 74), (75, 99)]
+    assert [(int(a), int(b)) for a, b, *_ in table] == [(1, 25), (26, 50), (51, 75), (76, 100)]  # the paper's t
     assert all(float(row[2]) > 0 for row in table)
     assert _size(out) == (800, 450)
 

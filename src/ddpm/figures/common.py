@@ -16,6 +16,13 @@ def save_figure(fig: Figure, path: str | Path, dpi: int) -> tuple[int, int]:
     return round(fig.get_figwidth() * dpi), round(fig.get_figheight() * dpi)
 
 
+def paper_t(t: int) -> int:
+    """The timestep a figure shows for the code's 0-based ``t``: the paper's t = code t + 1 (Ho et al. count
+    t = 1, ..., T, with x_0 the data; the code indexes its tensors 0, ..., T-1). Every figure labels timesteps so,
+    to match the equations it illustrates."""
+    return t + 1
+
+
 def quarter_inches(inches: float) -> float:
     """Round a figure dimension up to whole quarter-inches, exact in binary, so pixel sizes are exact."""
     return math.ceil(inches * 4) / 4

@@ -60,7 +60,7 @@ def loss_per_timestep(model: Model, diffusion: GaussianDiffusion, images: torch.
 
 
 def uniform_t_loss(rows: Sequence[BucketLoss]) -> float:
-    """The buckets' losses weighted by their widths: the loss under t ~ Uniform{0..T-1}."""
+    """The buckets' losses weighted by their widths: the loss under t uniform over the T steps."""
     return sum(r.mean * (r.stop - r.start) for r in rows) / sum(r.stop - r.start for r in rows)
 
 
@@ -68,7 +68,9 @@ def loss_figure(rows: Sequence[BucketLoss], title: str) -> Figure:
     """The loss per timestep bucket on a log scale, the uniform-t mean as a line.
 
     Each bucket is a point at its mean with a horizontal bar over its timesteps and whiskers of one standard error;
-    not a bar chart, whose bar heights on a log axis would depend on where the axis happens to start.
+    not a bar chart, whose bar heights on a log axis would depend on where the axis happens to start. The axis is the
+    paper's t: a bucket of the code's t in [start, stop) is the paper's t in [start + 1, stop], drawn over
+    (start, stop].
     """
     fig = Figure(figsize=(8, 4.5), layout="constrained")
     ax = fig.add_subplot()
@@ -76,10 +78,10 @@ def loss_figure(rows: Sequence[BucketLoss], title: str) -> Figure:
     ax.errorbar([r.start + h for r, h in zip(rows, half)], [r.mean for r in rows], xerr=half,
                 yerr=[r.stderr for r in rows], fmt="o", color="tab:blue", ecolor="tab:blue", capsize=2, ms=4)
     mean = uniform_t_loss(rows)
-    ax.axhline(mean, color="tab:red", ls="--", lw=1, label=f"mean over t ~ U{{0..T-1}}: {mean:.4f}")
+    ax.axhline(mean, color="tab:red", ls="--", lw=1, label=f"mean over t ~ U{{1..T}}: {mean:.4f}")
     ax.set_yscale("log")
     ax.set_xlim(rows[0].start, rows[-1].stop)
-    ax.set_xlabel("timestep t (bucket)")
+    ax.set_xlabel("timestep t (the paper's 1 … T), in buckets")
     ax.set_ylabel("‖ε − ε_θ(x_t, t)‖² per pixel")
     ax.legend()
     ax.set_title(title, fontsize=10)

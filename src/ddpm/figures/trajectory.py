@@ -13,14 +13,15 @@ from matplotlib.figure import Figure
 from PIL import Image, ImageDraw
 
 from ddpm.diffusion import GaussianDiffusion
-from ddpm.figures.common import quarter_inches, tile
+from ddpm.figures.common import paper_t, quarter_inches, tile
 from ddpm.generate import to_uint8
 from ddpm.samplers import Model, default_steps, randn
 
 
 @dataclass
 class Trajectory:
-    """Snapshots of a reverse process: at step i (timestep t) the input x_t and the x_0 predicted from it."""
+    """Snapshots of a reverse process: at step i (the code's timestep t, the paper's t + 1) the input x_t and the x_0
+    predicted from it."""
 
     steps: list[int]
     timesteps: list[int]
@@ -71,7 +72,8 @@ def every_k(total: int, every: int) -> set[int]:
 
 
 def trajectory_figure(record: Trajectory, keep: set[int]) -> Figure:
-    """A strip: for each seed a row of x_t and a row of the x_0 predicted from it, one column per kept step."""
+    """A strip: for each seed a row of x_t and a row of the x_0 predicted from it, one column per kept step, labelled
+    with the paper's t (:func:`~ddpm.figures.common.paper_t`)."""
     columns = [k for k, i in enumerate(record.steps) if i in keep]
     rows, labels = [], []
     for n, seed in enumerate(record.seeds):
@@ -84,7 +86,7 @@ def trajectory_figure(record: Trajectory, keep: set[int]) -> Figure:
     ax.imshow(tile(rows), interpolation="nearest")
     size = record.x_t[0].shape[1] + 1
     ax.set_xticks([1 + size * (j + 0.5) for j in range(len(columns))],
-                  [f"t={record.timesteps[k]}" for k in columns], fontsize=8)
+                  [f"t={paper_t(record.timesteps[k])}" for k in columns], fontsize=8)
     ax.set_yticks([1 + size * (j + 0.5) for j in range(len(rows))], labels, fontsize=8)
     ax.tick_params(length=0)
     ax.set_title(f"Reverse process ({record.sampler}): x_t and the x̂₀ predicted from it; the last x̂₀ is the sample")
@@ -102,7 +104,7 @@ def trajectory_gif(record: Trajectory, path: str | Path, scale: int = 3, frame_m
         image = Image.fromarray(grid).resize((grid.shape[1] * scale, grid.shape[0] * scale), Image.NEAREST)
         frame = Image.new("RGB", (image.width, image.height + caption), "white")
         frame.paste(image, (0, 0))
-        ImageDraw.Draw(frame).text((4, image.height + 2), f"{record.sampler}  t={t}", fill="black")
+        ImageDraw.Draw(frame).text((4, image.height + 2), f"{record.sampler}  t={paper_t(t)}", fill="black")
         frames.append(frame)
     durations = [frame_ms] * (len(frames) - 1) + [1000]
     frames[0].save(path, save_all=True, append_images=frames[1:], duration=durations, loop=0, optimize=True)

@@ -31,7 +31,7 @@ def loss_weights_figure(timesteps: int = 1000, gamma: float = 5.0) -> Figure:
     schedules = {name: NoiseSchedule(timesteps, schedule=name) for name in ("linear", "cosine")}
     fig = Figure(figsize=(7, 6), layout="constrained")
     top, bottom = fig.subplots(2, 1, sharex=True)
-    ts = list(range(timesteps))
+    ts = list(range(1, timesteps + 1))  # the paper's t; the schedule's tensors are indexed by t - 1
     for name, schedule in schedules.items():
         top.plot(ts, schedule.snr.tolist(), label=f"{name} schedule")
     top.axhline(gamma, color="grey", linestyle=":", label=f"gamma = {gamma:g}")
@@ -43,7 +43,7 @@ def loss_weights_figure(timesteps: int = 1000, gamma: float = 5.0) -> Figure:
         style = dict(color=PREDICTION_COLORS[prediction], linewidth=4 if prediction == "eps" else 1.5, alpha=0.8) \
             if prediction in PREDICTION_COLORS else dict(color="black", linestyle="--")
         bottom.plot(ts, values, label=label, **style)
-    bottom.set(yscale="log", xlabel="t", ylabel="weight on ||x0 - x0_hat||^2",
+    bottom.set(yscale="log", xlabel="t (the paper's 1 … T)", ylabel="weight on ||x0 - x0_hat||^2",
                title="What each loss weighs at each t (linear schedule)")
     bottom.legend(fontsize=8)
     for axes in (top, bottom):
