@@ -400,6 +400,9 @@ def test_visualize_classes_and_guidance(cli, cond_run, tmp_path):
                          "--sampling-steps", 4, "--device", "cpu", "--output", tmp_path / "guidance.png")
     assert code == 0, err
     assert "1 classes at guidance scales 0, 1, 4" in out
+    code, out, err = cli("visualize", "trajectory", cond_run, "--sampler", "ddim", "--sampling-steps", 3, "--seeds", 0,
+                         1, "--class", "dark", "--guidance-scale", 2, "--device", "cpu", "--output", tmp_path / "t.png")
+    assert code == 0, err
 
 
 # ------------------------------------------------------------------------------------------------- the probe

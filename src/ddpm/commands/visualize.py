@@ -83,6 +83,8 @@ def register(subparsers) -> None:
     trajectory.add_argument("--scale", type=positive_int, default=3, help="GIF upscaling (nearest neighbour)")
     trajectory.add_argument("--frame-ms", type=positive_int, default=80, help="GIF frame duration")
     trajectory.add_argument("--no-clip", action="store_true", help="do not clip the predicted x0 to [-1, 1]")
+    add_class_argument(trajectory)
+    trajectory.add_argument("--guidance-scale", type=guidance_scale, default=None, metavar="S", help=GUIDANCE_HELP)
 
     loss = add("loss-vs-t", "a checkpoint's training loss per timestep bucket on held-out images, printed and "
                "plotted", "loss_vs_t.png")
@@ -154,6 +156,7 @@ def run_forward(args: argparse.Namespace) -> int:
 
 
 def run_trajectory(args: argparse.Namespace) -> int:
+    from ddpm.commands.options import conditioning
     from ddpm.distributed import resolve_device
     from ddpm.errors import ConfigError
     from ddpm.figures.common import save_figure
@@ -170,8 +173,16 @@ def run_trajectory(args: argparse.Namespace) -> int:
     strip = every_k(total, args.every or max(1, round(total / 10)))
     frames = every_k(total, max(1, round(total / args.gif_frames)))
     c = loaded.config.model
+    labels, scale = None, 1.0
+    if loaded.model.num_classes is not None:  # seed i of the (i mod n)-th class of --class, else of class i mod K
+        cycle = conditioning(loaded, args.classes, args.guidance_scale) or list(range(loaded.model.num_classes))
+        labels = [cycle[i % len(cycle)] for i in range(len(args.seeds))]
+        scale = c.guidance_scale if args.guidance_scale is None else args.guidance_scale
+    else:
+        conditioning(loaded, args.classes, args.guidance_scale)  # refuses --class and --guidance-scale
     record = record_trajectory(loaded.model, loaded.diffusion, args.seeds, (c.in_channels, c.resolution, c.resolution),
-                               strip | frames, args.sampler, args.sampling_steps, args.eta, not args.no_clip, device)
+                               strip | frames, args.sampler, args.sampling_steps, args.eta, not args.no_clip, device,
+                               labels, scale)
     width, height = save_figure(trajectory_figure(record, strip), args.output, args.dpi)
     gif_width, gif_height = trajectory_gif(record, gif, args.scale, args.frame_ms)
     print(f"{loaded.source} (step {loaded.step}, {loaded.weights} weights), {args.sampler}, {total} steps, "
