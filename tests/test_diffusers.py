@@ -251,6 +251,54 @@ def test_ours_to_diffusers_to_ours_is_bit_identical(tmp_path, model):
         assert torch.equal(original.model(x, t), back.model(x, t))
 
 
+def test_a_class_conditional_model_goes_out_with_num_class_embeds_and_comes_back_bit_identical(tmp_path, cli):
+    """num_class_embeds = classes + 1, so the "no class" row survives; UNet2DModel(x, t, class_labels) is our
+    network within 1e-5; the class names and the recommended guidance scale come back too."""
+    run = tiny_block_run(tmp_path, class_cond=True, class_names=("cat", "dog", "ship"))
+    code, out, err = cli("export", run, "--format", "diffusers", "--output", tmp_path / "pipe",
+                         "--guidance-scale", "2.5")
+    assert code == 0, err
+    config = json.loads((tmp_path / "pipe" / "unet" / "config.json").read_text())
+    assert config["num_class_embeds"] == 4 and config["class_embed_type"] is None
+    original, back = load_model(run), load_model(tmp_path / "pipe")
+    assert back.config.model == dataclasses.replace(original.config.model, guidance_scale=2.5)
+    ours, theirs = original.model.state_dict(), back.model.state_dict()
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
+    unet = UNet2DModel.from_pretrained(tmp_path / "pipe", subfolder="unet", local_files_only=True).eval()
+    x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(4))
+    t, labels = torch.tensor([5, 60, 99, 0]), torch.tensor([0, 1, 2, 3])  # 3: no class
+    with torch.no_grad():
+        torch.testing.assert_close(unet(x, t, class_labels=labels).sample, original.model(x, t, labels),
+                                   rtol=1e-5, atol=1e-5)
+        assert torch.equal(back.model(x, t, labels), original.model(x, t, labels))
+
+
+def test_the_readme_lines_that_sample_a_conditional_export_with_diffusers_run(tmp_path, monkeypatch):
+    """The README's guidance loop over UNet2DModel and DDIMScheduler, as printed, on an exported tiny model."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    code = next(block for block in readme.split("```python")[1:] if "my-cond-ddpm" in block).split("```")[0]
+    from ddpm.datasets import CIFAR10_CLASSES
+
+    run = tiny_block_run(tmp_path, class_cond=True, class_names=CIFAR10_CLASSES)
+    export_diffusers(run, tmp_path / "my-cond-ddpm")
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    exec(code, namespace)
+    images = namespace["images"]
+    assert images.shape == (2, 3, 32, 32) and ((0 <= images) & (images <= 1)).all()
+
+
+def test_a_foreign_class_conditional_unet_without_its_no_class_row_is_refused(tmp_path, cli):
+    folder = tmp_path / "foreign"
+    random_unet({**GOOGLE_CIFAR10, "num_class_embeds": 10}).save_pretrained(folder)
+    DDPMScheduler().save_pretrained(folder)
+    code, out, err = cli("sample", "--load-model", folder, "--num-samples", 1, "--device", "cpu",
+                         "--output", tmp_path / "g.png")
+    assert code == 2
+    [line] = err.strip().splitlines()
+    assert "num_class_embeds=10 is not supported" in line and "_ddpm_class_names" in line
+
+
 # ---------------------------------------------------------------- refusals
 
 

@@ -80,9 +80,11 @@ def test_train_on_image_folder_and_archive(cli, image_folder, tmp_path):
     assert "(12 images)" in out
 
 
-def test_resume_is_bit_identical(cli, cifar_dir, tmp_path):
-    """N steps straight == N/2 steps, then --resume for the rest: model, EMA and optimiser tensors all equal."""
-    common = [*TINY, "--data-dir", cifar_dir, "--total-steps", "6", "--checkpoint", "3", "--dropout", "0.1"]
+@pytest.mark.parametrize("extra", [[], ["--class-cond", "--p-uncond", "0.5"]], ids=["unconditional", "class-cond"])
+def test_resume_is_bit_identical(cli, cifar_dir, tmp_path, extra):
+    """N steps straight == N/2 steps, then --resume for the rest: model, EMA and optimiser tensors all equal (a
+    class-conditional run too: its label dropout is a function of the seed and the step)."""
+    common = [*TINY, "--data-dir", cifar_dir, "--total-steps", "6", "--checkpoint", "3", "--dropout", "0.1", *extra]
     assert cli("train", *common, "--save-model", tmp_path / "straight")[0] == 0
     assert cli("train", *common, "--total-steps", "3", "--save-model", tmp_path / "split")[0] == 0
     code, out, err = cli("train", *common, "--resume", "--save-model", tmp_path / "split")

@@ -9,8 +9,9 @@
 #       mkdir -p cifar10-jpeg && tar xzf ../shared/data/cifar10-jpeg.tar.gz -C cifar10-jpeg
 #
 # Run it from the root of the repository. The commands are the ones shown next to each figure in the documents.
-# The first four figures need no model; the last four use RUN. Each command prints what it drew (checkpoint and
-# step included): put that step in the captions of docs/guide.md when the figures come from a new checkpoint.
+# The first four figures need no model; the others use RUN (the last two only a class-conditional one). Each command
+# prints what it drew (checkpoint and step included): put that step in the captions of docs/guide.md when the figures
+# come from a new checkpoint.
 set -euo pipefail
 
 RUN=${1:-models/ddpm-cifar10-cpu.safetensors}
@@ -42,3 +43,11 @@ ddpm visualize trajectory "$RUN" --sampler dpm++2m --sampling-steps 20 --seeds 0
 # The README's Results grid: 64 samples of the EMA weights with 50 DDIM steps (seeds 0..63).
 ddpm sample --load-model "$RUN" --num-samples 64 --sampler ddim --sampling-steps 50 \
     --output docs/figures/results-samples.png
+
+# A class-conditional model (`ddpm train --class-cond`, issue 19): one labelled row per class at the file's
+# recommended guidance scale, and one seed per class at guidance scales 0, 1, 2, 4 and 8 side by side.
+if python -c 'import sys; from ddpm.model_io import load_model; sys.exit(not load_model(sys.argv[1]).config.model.class_cond)' "$RUN"; then
+    ddpm visualize classes "$RUN" --per-class 10 --sampler ddim --sampling-steps 50 --output docs/figures/classes.png
+    ddpm visualize guidance "$RUN" --scales 0,1,2,4,8 --sampler ddim --sampling-steps 50 \
+        --output docs/figures/guidance.png
+fi

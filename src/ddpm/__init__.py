@@ -6,10 +6,10 @@ layer or below, wherever the import stands; tests/test_layers.py checks it, and 
     errors                                       # the one-line errors and warnings the CLI prints
     schedules, files, runlog                     # beta_t and its coefficients; bytes on disk; the run's JSON logs
     config                                       # the dataclasses: flags, defaults, constraints, presets
-    samplers, unet, ema, distributed             # sampling loops; the network; weight averaging; devices and ranks
+    samplers, unet, ema, distributed, guidance   # sampling loops; the network; EMA; devices and ranks; CFG
     diffusion, ddpm                              # forward process, loss and sampling; this package's public names
     datasets, data, checkpoint, diffusers_format # read images/data sets; the training stream; checkpoints; diffusers
-    model_io, generate, metrics                  # load/export any model file; images from a model; FID and friends
+    model_io, generate, metrics, probe           # load/export models; images from a model; FID and friends; probe
     policies, evaluate, train, bench             # the loop's policies; score a model; training; speed benchmark
     figures                                      # the figures
     commands, cli, __main__                      # the command line

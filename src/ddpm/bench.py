@@ -15,6 +15,7 @@ it is the memory the Metal driver holds at the end of the phase (MPS keeps no pe
 
 from __future__ import annotations
 
+import dataclasses
 import resource
 import sys
 import time
@@ -151,6 +152,9 @@ def run_benchmark(config: RunConfig, steps: int, warmup: int, ddim_steps: int = 
 
     if steps < 1 or warmup < 0 or ddim_steps < 0:
         raise ConfigError(f"need --steps >= 1, --warmup >= 0 and --ddim-steps >= 0, got {steps}, {warmup}, {ddim_steps}")
+    if config.model.class_cond and not config.model.class_names:  # no data here: ten classes, as CIFAR-10's
+        model = dataclasses.replace(config.model, class_names=tuple(map(str, range(10))))
+        config = dataclasses.replace(config, model=model)
     t, m = config.train, config.model
     device = resolve_device(t.device)
     trainer = Trainer(config, DistInfo(0, 0, 1, device), log=lambda *a, **k: None)

@@ -57,7 +57,7 @@ def format_duration(seconds: float) -> str:
 
 
 def _opt(default: Any, help: str, flag: str | None = None, choices: tuple | None = None, resume: bool = False,
-         bound: str | None = None, path: bool = False, **extra: Any):
+         bound: str | None = None, path: bool = False, cli: bool = True, **extra: Any):
     """A dataclass field whose metadata describes its command-line flag and its rules.
 
     ``flag``: the flag's name where it is not ``--field-name``; ``choices``: the allowed values; ``resume``: may
@@ -65,9 +65,11 @@ def _opt(default: Any, help: str, flag: str | None = None, choices: tuple | None
     what is learnt); ``bound``: the values allowed, ``"positive"``, ``"non_negative"`` or an interval such as
     ``"[0, 1)"``, checked by :func:`validate` (:func:`check_bound`); ``path``: names
     a file or folder of the machine the run is on, which exported models leave out (:func:`without_paths`);
+    ``cli``: whether the field has a flag (False: it is filled in from the data, e.g. the class names);
     ``extra``: argparse settings (``type``, ``metavar``, ``nargs``).
     """
-    meta = {"help": help, "flag": flag, "choices": choices, "resume": resume, "bound": bound, "path": path, **extra}
+    meta = {"help": help, "flag": flag, "choices": choices, "resume": resume, "bound": bound, "path": path,
+            "cli": cli, **extra}
     if isinstance(default, (list, tuple)):
         return field(default_factory=lambda: tuple(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -112,6 +114,17 @@ class ModelConfig:
         1, "timestep embedding frequencies are 10000^(-i / (nf/2 - shift)), i < nf/2: 1 in Ho et al.'s code, "
            "0 in Vaswani et al. (diffusers' freq_shift)")
     grad_checkpoint: bool = _opt(False, "recompute residual blocks in the backward pass to save memory", resume=True)
+    class_cond: bool = _opt(
+        False, "class-conditional network: a learned class embedding (one row per class and one for 'no class') "
+               "added to the timestep embedding; the classes are the data's (CIFAR-10's labels, or one sub-folder "
+               "per class, sorted by name), see --p-uncond and --guidance-scale")
+    class_names: tuple[str, ...] = _opt(
+        (), "the classes of a --class-cond network, in label order; filled in from the data", cli=False)
+    guidance_scale: float = _opt(
+        1.0, "classifier-free guidance scale s that sampling uses when given none, eps = eps(x, no class) + s "
+             "(eps(x, c) - eps(x, no class)): 1 is the plain conditional model, 0 the unconditional one (Ho & "
+             "Salimans' w = s - 1); `ddpm export --guidance-scale` sets it after a sweep", resume=True,
+        bound="non_negative")
 
 
 @dataclass(frozen=True)
@@ -182,6 +195,9 @@ class TrainConfig:
                                    "warning, on a CPU without bf16 instructions")
     hflip: bool = _opt(True, "random horizontal flips")
     seed: int = _opt(0, "random seed; with the same seed a CPU run is reproducible")
+    p_uncond: float = _opt(0.1, "probability that a --class-cond run replaces an image's label by 'no class' (label "
+                                "dropout, Ho & Salimans 2021), so that one network is also unconditional",
+                           bound="[0, 1]")
     max_time: float = _opt(0.0, "stop cleanly after this much wall-clock time of this invocation, with a checkpoint "
                                 "and a sample grid (e.g. 2h, 90m, 1h30m, 45s, or seconds; 0: no limit); --resume "
                                 "continues the run", type=parse_duration,
@@ -381,6 +397,12 @@ def validate(config: RunConfig) -> None:
         for f in fields(values):
             if f.metadata["bound"]:
                 check_bound(flag_name(f), getattr(values, f.name), f.metadata["bound"])
+    if m.class_names and not m.class_cond:
+        raise ConfigError("class names belong to a --class-cond network")
+    if len(set(m.class_names)) != len(m.class_names):
+        raise ConfigError(f"class names must be distinct, got {list(m.class_names)}")
+    if m.guidance_scale != 1.0 and not m.class_cond:
+        raise ConfigError(f"--guidance-scale {m.guidance_scale} needs a class-conditional network (--class-cond)")
     if t.fid_every and t.fid_samples < MIN_EVAL_SAMPLES:
         raise ConfigError(f"--fid-samples must be at least {MIN_EVAL_SAMPLES}, got {t.fid_samples}")
     if not 0 <= m.time_freq_shift < m.nf // 2:  # nf/2 frequencies spaced over (nf/2 - shift) intervals

@@ -17,8 +17,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from ddpm.datasets import (
-    CIFAR10_MD5, CIFAR10_URL, ImageFolderDataset, find_cifar10, list_images, read_cifar10, read_images,
-    resize_cifar10, source_path,
+    CIFAR10_MD5, CIFAR10_URL, ImageFolderDataset, check_channels, find_cifar10, list_images, read_cifar10_labelled,
+    read_images, read_labelled_images, resize_cifar10, source_path, to_channels,
 )
 from ddpm.errors import DataError
 
@@ -28,30 +28,44 @@ IN_MEMORY_LIMIT = 4 << 30  # bytes of uint8 pixels kept in one tensor; larger fo
 # ------------------------------------------------------------------------------------------------ training sources
 @dataclass
 class TrainingData:
-    """Training images: all in ``images`` (uint8, N x C x R x R) or, for large folders, lazily in ``dataset``."""
+    """Training images: all in ``images`` (uint8, N x C x R x R) or, for large folders, lazily in ``dataset``; for a
+    labelled source opened with ``labelled=True``, their ``labels`` (int64, N; in ``dataset`` when streamed) and
+    ``class_names``."""
 
     description: str
     images: torch.Tensor | None = None
     dataset: ImageFolderDataset | None = None
+    labels: torch.Tensor | None = None
+    class_names: tuple[str, ...] = ()
 
     def __len__(self) -> int:
         return len(self.images) if self.images is not None else len(self.dataset)
 
 
 def open_training_data(data_dir: str | None, resolution: int, skip_bad: bool = False, num_workers: int = 0,
-                       default_root: str | Path = "data", url: str = CIFAR10_URL, md5: str | None = CIFAR10_MD5
-                       ) -> TrainingData:
+                       default_root: str | Path = "data", url: str = CIFAR10_URL, md5: str | None = CIFAR10_MD5,
+                       channels: int = 3, labelled: bool = False) -> TrainingData:
     """Resolve ``--data-dir`` (see :func:`ddpm.datasets.source_path`): CIFAR-10's train split, or the images of a
-    folder or an archive, in memory unless they need more than :data:`IN_MEMORY_LIMIT` bytes."""
+    folder or an archive, in memory unless they need more than :data:`IN_MEMORY_LIMIT` bytes; with ``channels``
+    channels (3: RGB, 1: grayscale) and, with ``labelled``, the class labels (a DataError where there are none,
+    see :func:`ddpm.datasets.classes_of`)."""
+    check_channels(channels)
     path = source_path(data_dir, default_root, url, md5)
     cifar = find_cifar10(path)
     if cifar is not None:
-        images = resize_cifar10(read_cifar10(cifar, "train"), resolution)
-        return TrainingData(f"CIFAR-10 train ({cifar}, {len(images)} images)", images=images)
-    if path.is_dir() and len(list_images(path)) * 3 * resolution * resolution > IN_MEMORY_LIMIT:
-        dataset = ImageFolderDataset(path, resolution, skip_bad)
-        return TrainingData(f"image folder {path} ({len(dataset)} images, streamed)", dataset=dataset)
-    images = read_images(path, resolution, skip_bad, num_workers)
+        images, labels, names = read_cifar10_labelled(cifar, "train")
+        images = to_channels(resize_cifar10(images, resolution), channels)
+        return TrainingData(f"CIFAR-10 train ({cifar}, {len(images)} images)", images=images,
+                            labels=labels if labelled else None, class_names=names if labelled else ())
+    if path.is_dir() and len(list_images(path)) * channels * resolution * resolution > IN_MEMORY_LIMIT:
+        dataset = ImageFolderDataset(path, resolution, skip_bad, channels, labelled)
+        return TrainingData(f"image folder {path} ({len(dataset)} images, streamed)", dataset=dataset,
+                            class_names=dataset.class_names)
+    if labelled:
+        images, labels, names = read_labelled_images(path, resolution, skip_bad, num_workers, channels)
+        return TrainingData(f"images in {path} ({len(images)} images, {len(names)} classes)", images=images,
+                            labels=labels, class_names=names)
+    images = read_images(path, resolution, skip_bad, num_workers, channels)
     return TrainingData(f"images in {path} ({len(images)} images)", images=images)
 
 
@@ -100,18 +114,24 @@ class _StepSampler(torch.utils.data.Sampler):
 
 
 def iterate_batches(data: TrainingData, batches: StepBatches, start: int, stop: int, device: torch.device,
-                    num_workers: int = 0) -> Iterator[torch.Tensor]:
-    """uint8 batches (local to this rank) for steps ``start .. stop-1``, on ``device``."""
+                    num_workers: int = 0) -> Iterator:
+    """uint8 batches (local to this rank) for steps ``start .. stop-1``, on ``device``; for labelled data, pairs
+    (images, int64 labels)."""
     if data.images is not None:
         images = data.images.to(device)  # CIFAR-sized data lives on the device: no loader, no copies per step
+        labels = data.labels.to(device) if data.labels is not None else None
         for step in range(start, stop):
-            yield images[batches.indices(step).to(device)]
+            index = batches.indices(step).to(device)
+            yield images[index] if labels is None else (images[index], labels[index])
         return
     loader = DataLoader(data.dataset, batch_sampler=_StepSampler(batches, start, stop), num_workers=num_workers,
                         collate_fn=ImageFolderDataset.collate, pin_memory=device.type == "cuda",
                         persistent_workers=num_workers > 0)
     for batch in loader:
-        yield batch.to(device, non_blocking=True)
+        if isinstance(batch, tuple):
+            yield tuple(part.to(device, non_blocking=True) for part in batch)
+        else:
+            yield batch.to(device, non_blocking=True)
 
 
 def to_model_range(images: torch.Tensor, hflip: bool, generator: torch.Generator | None) -> torch.Tensor:

@@ -55,8 +55,12 @@ UNET_FIXED: dict[str, tuple] = {
     # diffusers applies SiLU in the timestep embedding and before the output convolution whatever act_fn says,
     # act_fn only in the residual blocks; our --activation is all or nothing.
     "act_fn": ("silu", "swish"), "resnet_time_scale_shift": ("default",), "add_attention": (True,),
-    "class_embed_type": (None,), "num_class_embeds": (None,),
+    "class_embed_type": (None,),
 }
+# Where an exported class-conditional UNet2DModel keeps what diffusers has no field for: the class names (its
+# num_class_embeds is their count + 1, the last row "no class") and the recommended guidance scale. diffusers drops
+# config keys that start with "_" when it builds the model.
+CLASS_NAMES_KEY, GUIDANCE_KEY = "_ddpm_class_names", "_ddpm_guidance_scale"
 DOWN_BLOCKS = {"DownBlock2D": False, "AttnDownBlock2D": True}  # block type -> has attention
 UP_BLOCKS = {"UpBlock2D": False, "AttnUpBlock2D": True}
 
@@ -130,6 +134,15 @@ def model_config(unet: dict[str, Any]) -> ModelConfig:
                                             "and up, so up_block_types must mirror down_block_types")
     if c["downsample_padding"] not in (0, 1):
         raise _refuse("downsample_padding", c["downsample_padding"], "ddpm's UNet has 0 (TensorFlow 'SAME') or 1")
+    classes: dict[str, Any] = {}
+    if c["num_class_embeds"] is not None:
+        names = c.get(CLASS_NAMES_KEY)
+        if not isinstance(names, list) or len(names) + 1 != c["num_class_embeds"]:
+            raise _refuse("num_class_embeds", c["num_class_embeds"], f"a class-conditional UNet2DModel loads when its "
+                          f"config lists its classes in {CLASS_NAMES_KEY} and its last class row means 'no class', "
+                          "as `ddpm export --format diffusers` writes it")
+        classes = dict(class_cond=True, class_names=tuple(map(str, names)),
+                       guidance_scale=float(c.get(GUIDANCE_KEY, 1.0)))
     return ModelConfig(
         resolution=size, in_channels=c["in_channels"], nf=nf, ch_mult=tuple(ch // nf for ch in channels),
         num_res_blocks=c["layers_per_block"],
@@ -138,7 +151,7 @@ def model_config(unet: dict[str, Any]) -> ModelConfig:
         norm_groups=c["norm_num_groups"], skip="block", attention_heads=1,
         attention_head_dim=c["attention_head_dim"] or 0, norm_eps=float(c["norm_eps"]),
         downsample_padding="same" if c["downsample_padding"] == 0 else "symmetric",
-        time_cos_first=bool(c["flip_sin_to_cos"]), time_freq_shift=c["freq_shift"],
+        time_cos_first=bool(c["flip_sin_to_cos"]), time_freq_shift=c["freq_shift"], **classes,
     )
 
 
@@ -203,6 +216,8 @@ def unet_config(m: ModelConfig) -> dict[str, Any]:
         "block_out_channels": [m.nf * k for k in m.ch_mult], "layers_per_block": m.num_res_blocks,
         "downsample_padding": 0 if m.downsample_padding == "same" else 1, "dropout": m.dropout,
         "attention_head_dim": _attention_head_dim(m), "norm_num_groups": m.norm_groups, "norm_eps": m.norm_eps,
+        **({"num_class_embeds": len(m.class_names) + 1, CLASS_NAMES_KEY: list(m.class_names),
+            GUIDANCE_KEY: m.guidance_scale} if m.class_cond else {}),
     }
 
 
@@ -254,6 +269,8 @@ def module_pairs(m: ModelConfig) -> list[tuple[str, str, bool]]:
     bottom = m.resolution // 2 ** (len(levels) - 1)
     stages("decoder", "up_blocks", levels[::-1], m.num_res_blocks + 1, "upsamplers", bottom, 2)
     pairs += [("out.0", "conv_norm_out", False), ("out.2", "conv_out", False)]
+    if m.class_cond:  # one embedding row per class and one for "no class", added to the timestep embedding
+        pairs.append(("class_embed", "class_embedding", False))
     return pairs
 
 

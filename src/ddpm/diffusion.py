@@ -3,7 +3,7 @@ and sampling.
 
 Notation follows Ho et al. (2020); the schedule and its coefficients are :class:`ddpm.schedules.NoiseSchedule`,
 the sampling loops :mod:`ddpm.samplers`. This module joins the two for the rest of the project: a network is passed
-to each method, never owned, so any ``model(x_t, t)`` that returns eps, x_0 or v (as ``prediction`` says) works.
+to each method, never owned: any ``model(x_t, t)`` returning eps, x_0 or v (``prediction``), or ``model(x_t, t, y)``.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ddpm import samplers
+from ddpm import guidance, samplers
 from ddpm.errors import ConfigError
 from ddpm.samplers import Model
 from ddpm.schedules import NoiseSchedule, min_snr_weight, prediction_target
@@ -43,13 +43,15 @@ class GaussianDiffusion(NoiseSchedule):
 
     def loss(self, model: Model, x0: torch.Tensor, t: torch.Tensor | None = None, noise: torch.Tensor | None = None,
              generator: torch.Generator | None = None, weighting: str = "uniform",
-             gamma: float = 5.0) -> torch.Tensor:
+             gamma: float = 5.0, labels: torch.Tensor | None = None) -> torch.Tensor:
         """The squared error of the network's prediction, averaged over pixels and the batch (Algorithm 1).
 
         The target is what ``prediction`` says (:func:`~ddpm.schedules.prediction_target`): for eps and ``weighting
         = "uniform"`` this is L_simple = E_{t, x_0, eps} || eps - eps_theta(x_t, t) ||^2 (eq. 14). ``"min-snr"``
         weights each image's error by :func:`~ddpm.schedules.min_snr_weight` (Hang et al. 2023) with ``gamma``.
-        ``t`` and ``noise`` are drawn (from ``generator`` if given) unless passed in.
+        ``t`` and ``noise`` are drawn (from ``generator`` if given) unless passed in. ``labels`` (int64 (B,)) are
+        given to a class-conditional network as ``model(x_t, t, labels)``, the value ``model.num_classes`` meaning
+        "no class" (training's label dropout draws them).
         """
         if t is None:
             t = self.sample_timesteps(x0.shape[0], x0.device, generator).to(x0.device)
@@ -57,7 +59,8 @@ class GaussianDiffusion(NoiseSchedule):
             noise = torch.randn(x0.shape, generator=generator, device=generator.device if generator else x0.device,
                                 dtype=x0.dtype).to(x0.device)
         alpha, sigma = self.alpha_sigma(t, x0)
-        prediction = model(alpha * x0 + sigma * noise, t)  # x_t, as q_sample makes it (eq. 4)
+        x_t = alpha * x0 + sigma * noise  # as q_sample makes it (eq. 4)
+        prediction = model(x_t, t) if labels is None else model(x_t, t, labels)
         target = prediction_target(x0, noise, alpha, sigma, self.prediction)
         if weighting == "uniform":
             return F.mse_loss(prediction.float(), target.float())
@@ -69,16 +72,22 @@ class GaussianDiffusion(NoiseSchedule):
 
     def sample(self, model: Model, shape: tuple[int, ...], sampler: str = "ddpm", steps: int | None = None,
                eta: float = 0.0, clip_denoised: bool = True, generator=None, device=None, callback=None,
-               x_T: torch.Tensor | None = None) -> torch.Tensor:
+               x_T: torch.Tensor | None = None, labels: torch.Tensor | None = None,
+               guidance_scale: float = 1.0) -> torch.Tensor:
         """Draw samples in [-1, 1] with ``sampler`` in {"ddpm", "ddim", "dpm++2m"} (see :mod:`ddpm.samplers`).
 
         ``steps=None`` means all T steps for "ddpm" and 50 for the others. ``generator`` is a
         ``torch.Generator`` or a list of one per image (per-image seeds); ``device=None`` is the model's device.
+        For a class-conditional network, ``labels`` (int64 (B,); None: "no class" for every image) are the classes
+        asked for and ``guidance_scale`` s the classifier-free guidance, eps(x, no class) + s (eps(x, c) - eps(x,
+        no class)) with both predictions in one forward pass (:func:`ddpm.guidance.guided_model`): 1 is the plain
+        conditional model, 0 the unconditional one.
         """
         if device is None:
             params = next(iter(model.parameters()), None) if isinstance(model, torch.nn.Module) else None
             device = params.device if params is not None else torch.device("cpu")
         if x_T is None:
             x_T = samplers.randn(shape, generator, device)
+        model = guidance.guided_model(model, labels, guidance_scale)
         return samplers.sample(model, self, x_T, sampler=sampler, steps=steps, eta=eta,
                                clip_denoised=clip_denoised, generator=generator, callback=callback)

@@ -18,9 +18,9 @@ import torch
 
 from ddpm import diffusers_format
 from ddpm.checkpoint import load_checkpoint, load_latest
-from ddpm.config import RunConfig, validate, without_paths
+from ddpm.config import RunConfig, replace, validate, without_paths
 from ddpm.diffusion import GaussianDiffusion
-from ddpm.errors import CheckpointError, DDPMError
+from ddpm.errors import CheckpointError, ConfigError, DDPMError
 from ddpm.files import atomic_write, read_safetensors, safetensors_bytes
 from ddpm.unet import UNet
 
@@ -97,19 +97,37 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", weights: st
     return _loaded(config, tensors, device, int(state["step"]), path, weights if has_ema else "raw")
 
 
-def export_safetensors(source: str | Path, output: str | Path, weights: str = "ema") -> Path:
-    """Write the EMA (or raw) weights of a run or checkpoint as safetensors, config and step in the metadata."""
+def _with_guidance(loaded: LoadedModel, guidance_scale: float | None) -> RunConfig:
+    """The config to export: the loaded one with the recommended classifier-free guidance scale set, if given."""
+    if guidance_scale is None:
+        return loaded.config
+    if not loaded.config.model.class_cond:
+        raise ConfigError(f"{loaded.source} is not class-conditional, so --guidance-scale does not apply (train a "
+                          "model with --class-cond)")
+    config = replace(loaded.config, "model", guidance_scale=guidance_scale)
+    validate(config)
+    return config
+
+
+def export_safetensors(source: str | Path, output: str | Path, weights: str = "ema",
+                       guidance_scale: float | None = None) -> Path:
+    """Write the EMA (or raw) weights of a run or checkpoint as safetensors, config and step in the metadata;
+    ``guidance_scale`` sets a class-conditional model's recommended scale (what sampling uses when given none)."""
     loaded = load_model(source, "cpu", weights)
+    config = _with_guidance(loaded, guidance_scale)
     output = Path(output)
     tensors = {k: v.contiguous() for k, v in loaded.model.state_dict().items()}
-    metadata = {"config": json.dumps(without_paths(loaded.config).to_dict()), "step": str(loaded.step),
+    metadata = {"config": json.dumps(without_paths(config).to_dict()), "step": str(loaded.step),
                 "weights": loaded.weights, "format": "ddpm"}
     atomic_write(output, lambda f: f.write(safetensors_bytes(tensors, metadata)))
     return output
 
 
-def export_diffusers(source: str | Path, output: str | Path, weights: str = "ema") -> Path:
+def export_diffusers(source: str | Path, output: str | Path, weights: str = "ema",
+                     guidance_scale: float | None = None) -> Path:
     """Write a run's EMA (or raw) weights as a ``DDPMPipeline`` folder (see
-    :func:`ddpm.diffusers_format.write_folder`); ``diffusers.DDPMPipeline.from_pretrained(output)`` loads it."""
+    :func:`ddpm.diffusers_format.write_folder`); ``diffusers.DDPMPipeline.from_pretrained(output)`` loads it. A
+    class-conditional model becomes a ``UNet2DModel`` with ``num_class_embeds`` (its classes + "no class")."""
     loaded = load_model(source, "cpu", weights)
-    return diffusers_format.write_folder(loaded.config, loaded.model.state_dict(), Path(output))
+    config = _with_guidance(loaded, guidance_scale)
+    return diffusers_format.write_folder(config, loaded.model.state_dict(), Path(output))

@@ -71,3 +71,19 @@ def eval_record(result: dict[str, Any], *, checkpoint: str | Path, step: int, we
 def append_eval(run_dir: str | Path, record: dict[str, Any]) -> Path:
     """Append an :func:`eval_record` to the run's ``eval.jsonl``; returns the file's path."""
     return _append(Path(run_dir) / EVAL_LOG, record)
+
+
+def read_evals(path: str | Path) -> list[dict]:
+    """The records of a run's ``eval.jsonl`` (``path`` is the file or the folder holding it), oldest first; a line
+    cut short by a crash is skipped."""
+    path = Path(path)
+    file = path / EVAL_LOG if path.is_dir() else path
+    if not file.is_file():
+        raise DataError(f"no {EVAL_LOG} at {path}; `ddpm eval` writes it into the run directory")
+    records = []
+    for line in file.read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            continue
+    return records

@@ -3,9 +3,10 @@
 Each step draws x_0 from the data, t ~ U{0..T-1} and eps ~ N(0, I), and takes a gradient step on
 ||eps - eps_theta(sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps, t)||^2. Around it: warm-up and LR schedules, AdamW or
 Lion, mixed precision, gradient clipping, an EMA of the weights, DistributedDataParallel under ``torchrun``,
-TensorBoard and ``metrics.jsonl`` logs, sample grids, atomic checkpoints, exact resume and clean preemption.
+TensorBoard and ``metrics.jsonl`` logs, sample grids, atomic checkpoints, exact resume and clean preemption; with
+``--class-cond``, the image's label (replaced by "no class" with probability ``--p-uncond``) as a third input.
 
-All randomness of step s on rank r (data order, flips, timesteps, noise, dropout) is derived from
+All randomness of step s on rank r (data order, flips, timesteps, noise, dropout, label dropout) is derived from
 (seed, s, r), so a resumed run repeats bit for bit what an uninterrupted one does.
 """
 
@@ -24,7 +25,9 @@ from torch.nn.parallel import DistributedDataParallel
 
 from ddpm import __version__
 from ddpm.checkpoint import list_checkpoints, load_latest, save_checkpoint
-from ddpm.config import RunConfig, config_field, flag_name, format_duration, make_config, may_change_on_resume
+from ddpm.config import (
+    RunConfig, config_field, flag_name, format_duration, make_config, may_change_on_resume, replace,
+)
 from ddpm.data import StepBatches, derive_seed, iterate_batches, open_training_data, to_model_range
 from ddpm.diffusion import GaussianDiffusion
 from ddpm.distributed import DistInfo, amp_dtype, autocast, barrier, cleanup, init_distributed
@@ -98,8 +101,8 @@ class Trainer:
         self.device = dist.device
         self.run_dir = Path(t.save_model)
         self.diffusion = GaussianDiffusion.from_config(config.diffusion)
-        if m.in_channels != 3:
-            raise ConfigError(f"--in-channels must be 3 to train on RGB images, got {m.in_channels}")
+        if m.class_cond and not m.class_names:
+            raise ConfigError("a --class-cond run needs the class names of its data (see ddpm.train.with_classes)")
 
         torch.manual_seed(t.seed)  # identical initial weights on every rank
         self.model = UNet(m).to(self.device)
@@ -155,17 +158,21 @@ class Trainer:
         return path
 
     # ---------------------------------------------------------------------------------------------- one step
-    def train_step(self, images: torch.Tensor) -> tuple[torch.Tensor, float]:
-        """One optimisation step on a uint8 batch; returns (loss, gradient norm). Non-finite steps are skipped."""
+    def train_step(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> tuple[torch.Tensor, float]:
+        """One optimisation step on a uint8 batch (with its int64 labels for a class-conditional network); returns
+        (loss, gradient norm). Non-finite steps are skipped."""
         t = self.config.train
         self.generator.manual_seed(derive_seed(t.seed, self.step, self.dist.rank))
         torch.manual_seed(derive_seed(t.seed, self.step, self.dist.rank, 1))  # dropout
         x0 = to_model_range(images, t.hflip, self.generator)
         if t.channels_last:
             x0 = x0.contiguous(memory_format=torch.channels_last)
+        if labels is not None:
+            labels = drop_labels(labels, t.p_uncond, self.model.num_classes,
+                                 torch.Generator().manual_seed(derive_seed(t.seed, self.step, self.dist.rank, 2)))
         with autocast(self.device, self.amp_dtype):
             loss = self.diffusion.loss(self.train_model, x0, generator=self.generator, weighting=t.loss_weight,
-                                       gamma=t.min_snr_gamma)
+                                       gamma=t.min_snr_gamma, labels=labels)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.unscale_(self.optimizer)
@@ -200,8 +207,8 @@ class Trainer:
         try:
             with StopSignal() as stop:
                 step_start = time.perf_counter()
-                for images in iterate_batches(data, batches, self.step, t.total_steps, self.device, t.num_workers):
-                    loss, grad_norm = self.train_step(images)
+                for batch in iterate_batches(data, batches, self.step, t.total_steps, self.device, t.num_workers):
+                    loss, grad_norm = self.train_step(*batch) if isinstance(batch, tuple) else self.train_step(batch)
                     finite = math.isfinite(grad_norm)
                     seconds = time.perf_counter() - step_start  # data + step; sampling and saving excluded
                     self.elapsed += seconds
@@ -273,7 +280,8 @@ class Trainer:
         if self.dist.is_main:
             t = self.config.train
             result = evaluate(self.ema.model, self.diffusion, reference, t.fid_samples, t.fid_sampler, t.fid_steps,
-                              seed=t.seed, device=self.device, progress=False, amp=self.amp_dtype is not None)
+                              seed=t.seed, device=self.device, progress=False, amp=self.amp_dtype is not None,
+                              guidance_scale=self.config.model.guidance_scale)
             append_eval(self.run_dir, eval_record(result, checkpoint=self.run_dir, step=self.step, weights="ema",
                                                   reference=t.fid_reference, reference_images=reference.num_images))
             append_metrics(self.run_dir, {"step": self.step, **{k: result[k] for k in FID_METRICS}})
@@ -292,16 +300,40 @@ class Trainer:
         t, m = self.config.train, self.config.model
         generator = torch.Generator().manual_seed(t.seed)
         shape = (SAMPLE_GRID, m.in_channels, m.resolution, m.resolution)
+        # A class-conditional network draws image i of class i mod K at its --guidance-scale.
+        labels = torch.arange(SAMPLE_GRID) % self.model.num_classes if m.class_cond else None
         with autocast(self.device, self.amp_dtype):
             x = self.diffusion.sample(self.ema.model, shape, sampler="ddim",
                                       steps=min(t.sample_steps, self.diffusion.timesteps), generator=generator,
-                                      device=self.device)
-        grid = make_grid((x.float().cpu() + 1) / 2, nrow=int(math.sqrt(SAMPLE_GRID)))
+                                      device=self.device, labels=labels, guidance_scale=m.guidance_scale)
+        # One column per class when there are few enough classes (image i is of class i mod K).
+        k = self.model.num_classes
+        columns = k if k is not None and k <= 16 else int(math.sqrt(SAMPLE_GRID))
+        grid = make_grid((x.float().cpu() + 1) / 2, nrow=columns)
         out = self.run_dir / "samples"
         out.mkdir(exist_ok=True)
         self.last_grid = out / f"step-{self.step:08d}.png"
         save_image(grid, self.last_grid)
         writer.add_image("samples/ema", grid.clamp(0, 1), self.step)
+
+
+def drop_labels(labels: torch.Tensor, p_uncond: float, num_classes: int, generator: torch.Generator) -> torch.Tensor:
+    """Label dropout (Ho & Salimans 2021): each label replaced by "no class" (``num_classes``) with probability
+    ``p_uncond``, drawn on the CPU from ``generator``, so that one network learns eps(x, c) and eps(x)."""
+    drop = (torch.rand(labels.shape[0], generator=generator) < p_uncond).to(labels.device)
+    return torch.where(drop, torch.full_like(labels, num_classes), labels)
+
+
+def with_classes(config: RunConfig, data) -> RunConfig:
+    """A --class-cond run's config with the class names of its training ``data`` (:class:`ddpm.data.TrainingData`);
+    a resumed run's data must have the classes its checkpoint was trained on."""
+    m = config.model
+    if not m.class_cond:
+        return config
+    if m.class_names and tuple(m.class_names) != tuple(data.class_names):
+        raise ConfigError(f"the data's classes ({', '.join(data.class_names)}) are not those this run was trained "
+                          f"on ({', '.join(m.class_names)}); resume with the same --data-dir")
+    return replace(config, "model", class_names=tuple(data.class_names))
 
 
 def prepare_run(preset: str | None, overrides: dict[str, dict[str, Any]], resume: bool,
@@ -348,12 +380,24 @@ def _train(config: RunConfig, state: dict | None, dist: DistInfo, log) -> int:
     backend = f" ({torch.distributed.get_backend()} DistributedDataParallel)" if dist.enabled else ""
     log(f"rank {dist.rank} of world size {dist.world_size} on {dist.device}{backend}")
     # Rank 0 downloads/decodes first so that the others find the data in place.
-    data = open_training_data(t.data_dir, config.model.resolution, t.skip_bad_images, t.num_workers) if dist.is_main else None
+    m = config.model
+
+    def open_data():
+        return open_training_data(t.data_dir, m.resolution, t.skip_bad_images, t.num_workers, channels=m.in_channels,
+                                  labelled=m.class_cond)
+
+    data = open_data() if dist.is_main else None
     barrier(dist)
     if data is None:
-        data = open_training_data(t.data_dir, config.model.resolution, t.skip_bad_images, t.num_workers)
+        data = open_data()
+    if m.class_cond:
+        config = with_classes(config, data)
+        if dist.is_main:
+            atomic_write(run_dir / "config.json", lambda f: f.write(json.dumps(config.to_dict(), indent=2).encode()))
     trainer = Trainer(config, dist, state, log)
     log(f"data: {data.description}")
+    if config.model.class_cond:
+        log(f"classes: {', '.join(config.model.class_names)}; labels dropped with probability {t.p_uncond}")
     log(f"model: {count_parameters(trainer.model):,} parameters ({config.preset} preset); run directory {run_dir}")
     if t.max_time:
         log(f"time budget: {format_duration(t.max_time)} of wall-clock time, then a checkpoint and a sample grid")

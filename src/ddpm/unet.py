@@ -13,7 +13,9 @@ One class, configured by :class:`ddpm.config.ModelConfig`, builds both networks 
   ResBlock -> Attention -> ResBlock.
 
 In both, attention follows residual blocks only at ``attn_resolutions`` (and always in the bottleneck), and a
-sinusoidal timestep embedding (Vaswani et al. 2017, as in Ho et al.) is projected into every residual block.
+sinusoidal timestep embedding (Vaswani et al. 2017, as in Ho et al.) is projected into every residual block. A
+class-conditional network (``class_cond``) adds a learned class embedding to it, as guided-diffusion and diffusers'
+``num_class_embeds`` do, with one extra row for "no class" (classifier-free guidance, Ho & Salimans 2021).
 The ``ho2020`` preset is Ho et al.'s function down to their TensorFlow details (GroupNorm epsilon 1e-6, 'SAME'
 padding of the down-sampling convolutions), so the weights they released load into it
 (:mod:`ddpm.diffusers_format`).
@@ -158,12 +160,18 @@ class Stage(nn.Sequential):
 
 
 class UNet(nn.Module):
-    """eps_theta(x_t, t): predicts the noise in ``x_t`` (B, C, H, W) at integer timesteps ``t`` (B,)."""
+    """eps_theta(x_t, t): predicts the noise in ``x_t`` (B, C, H, W) at integer timesteps ``t`` (B,).
+
+    A class-conditional network (``config.class_cond``) is eps_theta(x_t, t, labels), ``labels`` int64 (B,) in
+    0 .. K where the value :attr:`num_classes` = K means "no class"; ``labels=None`` is "no class" for every image.
+    ``num_classes`` is None for an unconditional network.
+    """
 
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.config = config
         c = config
+        self.num_classes: int | None = len(c.class_names) if c.class_cond else None
         act = ACTIVATIONS[c.activation]
 
         def res(i: int, o: int) -> ResBlock:
@@ -239,9 +247,17 @@ class UNet(nn.Module):
                                  nn.Conv2d(ch, c.in_channels, 3, padding=1))
         nn.init.zeros_(self.out[-1].weight)
         nn.init.zeros_(self.out[-1].bias)
+        # Built last, so that the other layers draw the same initial weights as in an unconditional network.
+        self.class_embed = nn.Embedding(self.num_classes + 1, c.time_emb_dim) if c.class_cond else None
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         emb = self.time_embed(t)
+        if self.class_embed is not None:
+            if labels is None:
+                labels = torch.full((x.shape[0],), self.num_classes, device=x.device, dtype=torch.long)
+            emb = emb + self.class_embed(labels)
+        elif labels is not None:
+            raise ValueError("this network is not class-conditional: call it without labels")
         h, skips = x, []
         for stage, push in zip(self.encoder, self.push):
             h = stage(h, emb)

@@ -7,6 +7,10 @@ checkpoint, step, weights, sampler, steps, N, FID, KID, KID std, precision, reca
 A comma list of step counts is a sweep: every point uses the same seeds, and FID against network evaluations
 (NFE, = steps for these samplers) is plotted to fid_vs_nfe.png in the run directory.
 Published CIFAR-10 FIDs use 50,000 samples of the EMA weights against cifar10-train; see docs/fid.md.
+A class-conditional model draws image i of class i mod K (class-balanced) at --guidance-scale (default: the model's
+recommended scale); a comma list of scales is a sweep, one JSON line per scale, plotted as FID, precision and recall
+against the scale (fid_vs_guidance.png). --probe DATA adds how often a linear probe on Inception features recognises
+the class asked for, beside its accuracy on real test images (the ceiling).
 """
 
 from __future__ import annotations
@@ -15,12 +19,17 @@ import argparse
 import sys
 from pathlib import Path
 
-from ddpm.commands.options import MODEL_SOURCES, HelpFormatter, add_amp_argument, add_compile_argument, positive_int
+from ddpm.commands.options import (
+    GUIDANCE_HELP, MODEL_SOURCES, HelpFormatter, add_amp_argument, add_compile_argument, conditioning, guidance_scales,
+    positive_int,
+)
 from ddpm.config import DEVICES, MIN_EVAL_SAMPLES, SAMPLERS
 
 EXAMPLE = """examples:
   ddpm eval runs/cifar10 --num-samples 50000 --sampler ddpm --sampling-steps 1000 --batch-size 500
-  ddpm eval runs/cifar10 --num-samples 10000 --sampler ddim --sampling-steps 10,20,50,100"""
+  ddpm eval runs/cifar10 --num-samples 10000 --sampler ddim --sampling-steps 10,20,50,100
+  ddpm eval runs/cond --num-samples 1000 --sampler ddim --sampling-steps 50 --guidance-scale 0,1,1.5,2,3,5 \
+      --reference train5k.npz --probe cifar10-jpeg"""
 
 
 def _step_list(text: str) -> list[int]:
@@ -58,6 +67,16 @@ def register(subparsers) -> None:
                         help="where sampling and Inception run (auto: CUDA, else MPS, else the CPU)")
     parser.add_argument("--keep-samples", default=None, metavar="DIR",
                         help="also write the samples as PNGs named by seed; a sweep writes DIR/<sampler>-<steps>/")
+    parser.add_argument("--guidance-scale", type=guidance_scales, default=None, metavar="S[,S...]",
+                        help=GUIDANCE_HELP + "; a comma list is a sweep")
+    parser.add_argument("--probe", default=None, metavar="DATA",
+                        help="class-conditional models: also report how often a linear probe on Inception features "
+                             "recognises the class asked for, fitted on DATA's train images and scored on its test "
+                             "images: CIFAR-10's pickles, or a folder or archive with train/<class>/ and "
+                             "test/<class>/ (the CIFAR-10 JPEG copy); features cached after the first run")
+    parser.add_argument("--probe-images", type=_step_list, default=[200, 100], metavar="TRAIN,TEST",
+                        help="images per class the probe is fitted on and tested on (Inception: ~4 images/s on a "
+                             "2-core CPU, once)")
     add_compile_argument(parser)
     add_amp_argument(parser)
     parser.set_defaults(func=run)
@@ -69,10 +88,13 @@ def _summary(record: dict) -> str:
     def show(key: str, fmt: str) -> str:
         return "n/a" if record[key] is None else format(record[key], fmt)
 
-    return (f"step {record['step']} {record['weights']} | {record['sampler']} {record['steps']} steps | "
+    guidance = f" | guidance {record['guidance_scale']:g}" if "guidance_scale" in record else ""
+    probe = (f" | probe {record['probe_accuracy']:.4f} (real test images {record['probe_test_accuracy']:.4f})"
+             if "probe_accuracy" in record else "")
+    return (f"step {record['step']} {record['weights']} | {record['sampler']} {record['steps']} steps{guidance} | "
             f"{record['num_samples']} samples vs {record['reference']} | FID {record['fid']:.4f} | "
             f"KID {show('kid', '.6f')} ± {show('kid_std', '.6f')} | precision {show('precision', '.4f')} | "
-            f"recall {show('recall', '.4f')} | {record['wall_sec']:.1f} s")
+            f"recall {show('recall', '.4f')}{probe} | {record['wall_sec']:.1f} s")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -80,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ddpm.distributed import resolve_device
     from ddpm.errors import ConfigError
-    from ddpm.evaluate import FID_PLOT, check_steps, evaluate, plot_fid_vs_nfe
+    from ddpm.evaluate import FID_PLOT, GUIDANCE_PLOT, check_steps, evaluate, plot_fid_vs_nfe, plot_guidance_sweep
     from ddpm.metrics import load_source, source_kind
     from ddpm.runlog import append_eval, eval_record
     from ddpm.model_io import load_model
@@ -92,28 +114,46 @@ def run(args: argparse.Namespace) -> int:
     kind = source_kind(args.reference)
     device = resolve_device(args.device)
     loaded = load_model(args.checkpoint, device, args.weights)
+    conditioning(loaded, None, args.guidance_scale)
+    if args.probe is not None and not loaded.config.model.class_cond:
+        raise ConfigError(f"{loaded.source} is not class-conditional, so --probe does not apply")
+    scales = args.guidance_scale or [None]
+    if len(scales) > 1 and len(args.sampling_steps) > 1:
+        raise ConfigError("sweep --sampling-steps or --guidance-scale, not both at once")
     check_steps(loaded.diffusion, args.sampler, args.sampling_steps)
     run_dir = loaded.source if loaded.source.is_dir() else loaded.source.parent  # a diffusers folder is its own
     print(f"{loaded.source} (step {loaded.step}, {loaded.weights} weights); results go to {run_dir}",
           file=sys.stderr)
 
+    probe = None
+    if args.probe is not None:
+        from ddpm.probe import load_probe
+
+        train_per_class, test_per_class = (args.probe_images * 2)[:2]
+        m = loaded.config.model
+        probe = load_probe(args.probe, train_per_class, test_per_class, m.in_channels, m.resolution, args.device)
     reference = load_source(args.reference, data_dir=args.data_dir, device=args.device)
     model = torch.compile(loaded.model) if args.compile else loaded.model
     reference_name = args.reference if kind == "reference" else str(Path(args.reference).resolve())
     sweep = len(args.sampling_steps) > 1
     records = []
     for steps in args.sampling_steps:
-        keep = None
-        if args.keep_samples:
-            keep = Path(args.keep_samples) / f"{args.sampler}-{steps}" if sweep else Path(args.keep_samples)
-        result = evaluate(model, loaded.diffusion, reference, args.num_samples, args.sampler, steps, args.seed,
-                          args.batch_size, device, keep, amp=args.amp)
-        record = eval_record(result, checkpoint=loaded.source, step=loaded.step, weights=loaded.weights,
-                             reference=reference_name, reference_images=reference.num_images)
-        append_eval(run_dir, record)
-        records.append(record)
-        print(_summary(record), flush=True)
+        for scale in scales:
+            keep = None
+            if args.keep_samples:
+                name = f"{args.sampler}-{steps}" + (f"-s{scale:g}" if len(scales) > 1 else "")
+                keep = Path(args.keep_samples) / name if sweep or len(scales) > 1 else Path(args.keep_samples)
+            result = evaluate(model, loaded.diffusion, reference, args.num_samples, args.sampler, steps, args.seed,
+                              args.batch_size, device, keep, amp=args.amp, guidance_scale=scale, probe=probe)
+            record = eval_record(result, checkpoint=loaded.source, step=loaded.step, weights=loaded.weights,
+                                 reference=reference_name, reference_images=reference.num_images)
+            append_eval(run_dir, record)
+            records.append(record)
+            print(_summary(record), flush=True)
+    title = f"{args.sampler}, {args.num_samples} samples, step {loaded.step} ({loaded.weights})"
     if sweep:
-        title = f"{args.sampler}, {args.num_samples} samples, step {loaded.step} ({loaded.weights})"
         print(f"wrote {plot_fid_vs_nfe(records, run_dir / FID_PLOT, title)}")
+    if len(scales) > 1:
+        title = f"{args.sampler} {args.sampling_steps[0]} steps, {args.num_samples} samples, step {loaded.step}"
+        print(f"wrote {plot_guidance_sweep(records, run_dir / GUIDANCE_PLOT, title)}")
     return 0

@@ -72,6 +72,8 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
         group = parser.add_argument_group(f"{section} options")
         hints = typing.get_type_hints(cls)
         for field in dataclasses.fields(cls):
+            if not field.metadata["cli"]:
+                continue
             kind = _base_type(hints[field.name])
             default = field.default if field.default is not dataclasses.MISSING else field.default_factory()
             shown = " ".join(map(str, default)) if isinstance(default, tuple) else default
@@ -105,3 +107,66 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
         if section in SECTIONS and name:
             overrides.setdefault(section, {})[name] = tuple(value) if isinstance(value, list) else value
     return overrides
+
+
+# ------------------------------------------------------------------------------- classes and guidance
+def guidance_scale(text: str) -> float:
+    """argparse type of a classifier-free guidance scale: a finite number >= 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
+    if not (value >= 0 and value != float("inf")):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0 (0: unconditional, 1: conditional), got "
+                                         f"{text}")
+    return value
+
+
+def guidance_scales(text: str) -> list[float]:
+    """``"0,1,1.5"`` -> [0.0, 1.0, 1.5]: scales >= 0, without repeats, in the given order."""
+    scales = [guidance_scale(part) for part in text.split(",")]
+    if len(set(scales)) != len(scales):
+        raise argparse.ArgumentTypeError(f"{text!r} repeats a scale")
+    return scales
+
+
+GUIDANCE_HELP = ("classifier-free guidance scale s of a class-conditional model, eps(x, no class) + s (eps(x, class) "
+                 "- eps(x, no class)): 1 is the plain conditional model, 0 the unconditional one, more draws more "
+                 "recognisable and less varied images (Ho & Salimans' w = s - 1); default: the model file's "
+                 "recommended scale")
+
+
+def add_class_argument(parser: argparse.ArgumentParser) -> None:
+    """``--class`` for the commands that sample a class-conditional model."""
+    parser.add_argument("--class", dest="classes", default=None, metavar="NAME[,NAME...]",
+                        help="class-conditional models: the class of every image, by name or index; a list cycles "
+                             "(image i gets the (i mod n)-th); default: image i of class i mod K (class-balanced)")
+
+
+def conditioning(loaded, classes: str | None, scales) -> list[int] | None:
+    """The class indices ``--class`` names for a loaded model (None without --class), after refusing --class or
+    --guidance-scale (``scales``: None, a number or a list) on a model that is not class-conditional."""
+    from ddpm.errors import ConfigError
+
+    m = loaded.config.model
+    if not m.class_cond:
+        given = "--class" if classes is not None else "--guidance-scale" if scales is not None else None
+        if given:
+            raise ConfigError(f"{loaded.source} is not class-conditional, so {given} does not apply (train a model "
+                              "with --class-cond)")
+        return None
+    if classes is None:
+        return None
+    return [class_index(part.strip(), m.class_names) for part in classes.split(",")]
+
+
+def class_index(name: str, class_names: tuple[str, ...]) -> int:
+    """The index of a class given by name or by number, else a one-line error listing the choices."""
+    from ddpm.errors import ConfigError
+
+    if name in class_names:
+        return class_names.index(name)
+    if name.isdigit() and int(name) < len(class_names):
+        return int(name)
+    raise ConfigError(f"unknown class {name!r}; choose one of {', '.join(class_names)} (or an index 0 to "
+                      f"{len(class_names) - 1})")

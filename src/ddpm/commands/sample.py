@@ -3,6 +3,8 @@
 Writes a grid (``--output``), a folder of PNGs named by seed (``--output-dir``; an interrupted job resumes by
 skipping the images already there) and/or an .npz of uint8 images (``--npz``, N x H x W x 3 under ``arr_0``, the
 format of OpenAI's evaluator). Under ``torchrun`` each rank draws its share of the seeds into ``--output-dir``.
+A class-conditional model draws the classes of ``--class`` (default: image i of class i mod K) with classifier-free
+guidance ``--guidance-scale`` (default: the model's recommended scale).
 """
 
 from __future__ import annotations
@@ -13,7 +15,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ddpm.commands.options import MODEL_SOURCES, HelpFormatter, add_amp_argument, add_compile_argument
+from ddpm.commands.options import (
+    GUIDANCE_HELP, MODEL_SOURCES, HelpFormatter, add_amp_argument, add_class_argument, add_compile_argument,
+    conditioning, guidance_scale,
+)
 from ddpm.config import DEVICE_HELP, DEVICES, SAMPLERS
 
 
@@ -36,6 +41,8 @@ def register(subparsers) -> None:
     parser.add_argument("--weights", choices=("ema", "raw"), default="ema", help="EMA or raw training weights")
     parser.add_argument("--no-clip", action="store_true", help="do not clip the predicted x0 to [-1, 1]")
     parser.add_argument("--device", choices=DEVICES, default="auto", help=DEVICE_HELP)
+    add_class_argument(parser)
+    parser.add_argument("--guidance-scale", type=guidance_scale, default=None, metavar="S", help=GUIDANCE_HELP)
     add_compile_argument(parser)
     add_amp_argument(parser)
     parser.set_defaults(func=run)
@@ -108,14 +115,25 @@ def run(args: argparse.Namespace) -> int:
         if dist.enabled and args.output_dir is None:
             raise ConfigError("under torchrun pass --output-dir: each rank writes its share of the images there")
         loaded = load_model(args.load_model, dist.device, args.weights)
+        classes = conditioning(loaded, args.classes, args.guidance_scale)
         seeds = [args.seed + i for i in range(args.num_samples)]
+        if loaded.model.num_classes is not None:  # image i's class: the (i mod n)-th of --class, else i mod K
+            cycle = classes or list(range(loaded.model.num_classes))
+            label_of = {s: cycle[i % len(cycle)] for i, s in enumerate(seeds)}
         folder = Path(args.output_dir) if args.output_dir else None
         missing = [s for s in seeds if folder is None or not image_path(folder, s).exists()]
         barrier(dist)  # every rank lists the folder before any rank writes to it, so all split the same list
         todo = missing[dist.rank::dist.world_size]
+        labels = None if loaded.model.num_classes is None else [label_of[s] for s in todo]
         if dist.is_main:
+            conditional = ""
+            if labels is not None:
+                names = loaded.config.model.class_names
+                shown = ", ".join(names[k] for k in (classes or range(len(names))))
+                scale = loaded.config.model.guidance_scale if args.guidance_scale is None else args.guidance_scale
+                conditional = f", classes {shown}, guidance scale {scale:g}"
             print(f"{loaded.source} (step {loaded.step}, {loaded.weights} weights): {len(seeds)} images, "
-                  f"{len(seeds) - len(missing)} already written, sampler {args.sampler}")
+                  f"{len(seeds) - len(missing)} already written, sampler {args.sampler}{conditional}")
         kept: dict[int, np.ndarray] = {}
 
         def on_batch(batch_seeds, images):
@@ -128,7 +146,7 @@ def run(args: argparse.Namespace) -> int:
         model = torch.compile(loaded.model) if args.compile else loaded.model
         rate = generate(model, loaded.diffusion, todo, args.batch_size, on_batch, args.sampler,
                         args.sampling_steps, args.eta, not args.no_clip, dist.device, progress=dist.is_main,
-                        amp=args.amp)
+                        amp=args.amp, labels=labels, guidance_scale=args.guidance_scale)
         barrier(dist)
         if not dist.is_main:
             return 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 
 from ddpm.commands.options import HelpFormatter, add_config_arguments, add_preset_argument, overrides_from_args
@@ -37,7 +38,12 @@ def run(args: argparse.Namespace) -> int:
     config = make_config(preset or "seed", overrides)
     if args.dry_run:
         print(json.dumps(config.to_dict(), indent=2))
-        print(f"parameters: {count_parameters(UNet(config.model))}")
+        if config.model.class_cond and not config.model.class_names:
+            unconditional = dataclasses.replace(config.model, class_cond=False)
+            print(f"parameters: {count_parameters(UNet(unconditional))} + {config.model.time_emb_dim} per class and "
+                  "one for 'no class' (the class embedding; the classes come from the data)")
+        else:
+            print(f"parameters: {count_parameters(UNet(config.model))}")
         return 0
     from ddpm.train import prepare_run, train
 

@@ -4,6 +4,8 @@
   trajectory     the reverse process of a checkpoint: x_t and the predicted x_0 every k steps, as a strip and a GIF
   loss-vs-t      a checkpoint's loss per timestep bucket on held-out images: where the model struggles
   architecture   a diagram of the UNet of a preset or checkpoint, drawn by walking the network itself
+  classes        a class-conditional model's samples, one labelled row per class
+  guidance       a class-conditional model: the same seeds at several guidance scales side by side
 
 See docs/guide.md for each figure next to the equation it illustrates.
 """
@@ -14,7 +16,9 @@ import argparse
 import dataclasses
 from pathlib import Path
 
-from ddpm.commands.options import MODEL_SOURCES, HelpFormatter, positive_int
+from ddpm.commands.options import (
+    GUIDANCE_HELP, MODEL_SOURCES, HelpFormatter, add_class_argument, guidance_scale, guidance_scales, positive_int,
+)
 from ddpm.config import DEVICE_HELP, DEVICES
 
 EXAMPLES = """examples:
@@ -22,7 +26,9 @@ EXAMPLES = """examples:
   ddpm visualize trajectory runs/tiny --sampler ddim --sampling-steps 20 --every 2
   ddpm visualize loss-vs-t runs/tiny --data-dir ./data --num-images 512
   ddpm visualize architecture ho2020 --output ho2020.png
-  ddpm visualize loss-weights --gamma 5 --output weights.png"""
+  ddpm visualize loss-weights --gamma 5 --output weights.png
+  ddpm visualize classes runs/cond --per-class 10 --sampler ddim --sampling-steps 50 --output classes.png
+  ddpm visualize guidance runs/cond --scales 0,1,2,4,8 --class cat,horse,ship --output guidance.png"""
 
 
 def register(subparsers) -> None:
@@ -77,6 +83,8 @@ def register(subparsers) -> None:
     trajectory.add_argument("--scale", type=positive_int, default=3, help="GIF upscaling (nearest neighbour)")
     trajectory.add_argument("--frame-ms", type=positive_int, default=80, help="GIF frame duration")
     trajectory.add_argument("--no-clip", action="store_true", help="do not clip the predicted x0 to [-1, 1]")
+    add_class_argument(trajectory)
+    trajectory.add_argument("--guidance-scale", type=guidance_scale, default=None, metavar="S", help=GUIDANCE_HELP)
 
     loss = add("loss-vs-t", "a checkpoint's training loss per timestep bucket on held-out images, printed and "
                "plotted", "loss_vs_t.png")
@@ -102,6 +110,26 @@ def register(subparsers) -> None:
                   "x0 error at each timestep", "loss_weights.png")
     weights.add_argument("--time-steps", type=positive_int, default=diffusion.timesteps, help="T")
     weights.add_argument("--gamma", type=float, default=5.0, help="gamma of min-SNR-gamma")
+
+    def add_sampling(sub: argparse.ArgumentParser) -> None:
+        add_checkpoint(sub)
+        add_class_argument(sub)
+        sub.add_argument("--sampler", choices=SAMPLERS, default="ddim",
+                         help="ddpm: ancestral (Ho et al.); ddim: Song et al.; dpm++2m: DPM-Solver++(2M)")
+        sub.add_argument("--sampling-steps", type=positive_int, default=None,
+                         help="network evaluations; None: all T for ddpm, 50 for ddim and dpm++2m")
+        sub.add_argument("--seed", type=int, default=0, help="first seed")
+
+    classes = add("classes", "a class-conditional model's samples, one labelled row per class", "classes.png")
+    add_sampling(classes)
+    classes.add_argument("--per-class", type=positive_int, default=10, metavar="N", help="images in each row")
+    classes.add_argument("--guidance-scale", type=guidance_scale, default=None, metavar="S", help=GUIDANCE_HELP)
+
+    guidance = add("guidance", "a class-conditional model: one seed per class drawn at several guidance scales side "
+                   "by side", "guidance.png")
+    add_sampling(guidance)
+    guidance.add_argument("--scales", type=guidance_scales, default=[0.0, 1.0, 2.0, 4.0, 8.0], metavar="S[,S...]",
+                          help="the guidance scales, one column each (0: unconditional, 1: conditional)")
     parser.set_defaults(func=run)
 
 
@@ -128,6 +156,7 @@ def run_forward(args: argparse.Namespace) -> int:
 
 
 def run_trajectory(args: argparse.Namespace) -> int:
+    from ddpm.commands.options import conditioning
     from ddpm.distributed import resolve_device
     from ddpm.errors import ConfigError
     from ddpm.figures.common import save_figure
@@ -144,8 +173,16 @@ def run_trajectory(args: argparse.Namespace) -> int:
     strip = every_k(total, args.every or max(1, round(total / 10)))
     frames = every_k(total, max(1, round(total / args.gif_frames)))
     c = loaded.config.model
+    labels, scale = None, 1.0
+    if loaded.model.num_classes is not None:  # seed i of the (i mod n)-th class of --class, else of class i mod K
+        cycle = conditioning(loaded, args.classes, args.guidance_scale) or list(range(loaded.model.num_classes))
+        labels = [cycle[i % len(cycle)] for i in range(len(args.seeds))]
+        scale = c.guidance_scale if args.guidance_scale is None else args.guidance_scale
+    else:
+        conditioning(loaded, args.classes, args.guidance_scale)  # refuses --class and --guidance-scale
     record = record_trajectory(loaded.model, loaded.diffusion, args.seeds, (c.in_channels, c.resolution, c.resolution),
-                               strip | frames, args.sampler, args.sampling_steps, args.eta, not args.no_clip, device)
+                               strip | frames, args.sampler, args.sampling_steps, args.eta, not args.no_clip, device,
+                               labels, scale)
     width, height = save_figure(trajectory_figure(record, strip), args.output, args.dpi)
     gif_width, gif_height = trajectory_gif(record, gif, args.scale, args.frame_ms)
     print(f"{loaded.source} (step {loaded.step}, {loaded.weights} weights), {args.sampler}, {total} steps, "
@@ -216,8 +253,66 @@ def run_loss_weights(args: argparse.Namespace) -> int:
     return 0
 
 
+def _conditional(args: argparse.Namespace, scales):
+    """The loaded class-conditional model and the classes of the rows (--class, default all of them)."""
+    from ddpm.commands.options import conditioning
+    from ddpm.distributed import resolve_device
+    from ddpm.errors import ConfigError
+    from ddpm.model_io import load_model
+
+    _check_output(args.output)
+    device = resolve_device(args.device)
+    loaded = load_model(args.checkpoint, device, args.weights)
+    if not loaded.config.model.class_cond:
+        raise ConfigError(f"{loaded.source} is not class-conditional: `ddpm visualize {args.figure}` draws the "
+                          "classes of a model trained with --class-cond")
+    rows = conditioning(loaded, args.classes, scales) or list(range(loaded.model.num_classes))
+    return loaded, rows, device
+
+
+def run_classes(args: argparse.Namespace) -> int:
+    from ddpm.figures.classes import draw, labelled_grid
+    from ddpm.figures.common import save_figure
+
+    loaded, rows, device = _conditional(args, args.guidance_scale)
+    names = loaded.config.model.class_names
+    scale = loaded.config.model.guidance_scale if args.guidance_scale is None else args.guidance_scale
+    n = len(rows)
+    # Image j of row r has seed SEED + j n + r: the images `ddpm sample --class` draws for these classes, in rows.
+    seeds = [args.seed + j * n + r for r in range(n) for j in range(args.per_class)]
+    labels = [rows[r] for r in range(n) for _ in range(args.per_class)]
+    images = draw(loaded.model, loaded.diffusion, seeds, labels, scale, args.sampler, args.sampling_steps, device)
+    grid = [images[r * args.per_class:(r + 1) * args.per_class] for r in range(n)]
+    title = (f"{loaded.source.name} (step {loaded.step}): one row per class, guidance scale {scale:g}, "
+             f"{args.sampler}")
+    width, height = save_figure(labelled_grid(grid, [names[k] for k in rows], None, title), args.output, args.dpi)
+    print(f"{loaded.source} (step {loaded.step}, {loaded.weights} weights): {n} classes x {args.per_class} images at "
+          f"guidance scale {scale:g}; wrote {args.output} ({width}x{height})")
+    return 0
+
+
+def run_guidance(args: argparse.Namespace) -> int:
+    from ddpm.figures.classes import draw, labelled_grid
+    from ddpm.figures.common import save_figure
+
+    loaded, rows, device = _conditional(args, args.scales)
+    names = loaded.config.model.class_names
+    seeds = [args.seed + r for r in range(len(rows))]  # row r: one seed, the same x_T in every column
+    columns = [draw(loaded.model, loaded.diffusion, seeds, rows, s, args.sampler, args.sampling_steps, device)
+               for s in args.scales]
+    grid = [[column[r] for column in columns] for r in range(len(rows))]
+    title = f"{loaded.source.name} (step {loaded.step}): one seed per row at guidance scale s ({args.sampler})"
+    figure = labelled_grid(grid, [f"{names[k]} (seed {s})" for k, s in zip(rows, seeds)],
+                           [f"s = {s:g}" for s in args.scales], title)
+    width, height = save_figure(figure, args.output, args.dpi)
+    print(f"{loaded.source} (step {loaded.step}, {loaded.weights} weights): {len(rows)} classes at guidance scales "
+          f"{', '.join(f'{s:g}' for s in args.scales)}; wrote {args.output} ({width}x{height})")
+    return 0
+
+
 FIGURES = {"forward": run_forward, "trajectory": run_trajectory, "loss-vs-t": run_loss_vs_t,
-           "architecture": run_architecture, "loss-weights": run_loss_weights}
+           "architecture": run_architecture, "loss-weights": run_loss_weights, "classes": run_classes,
+           "guidance": run_guidance}
 
 
 def run(args: argparse.Namespace) -> int:
