@@ -7,7 +7,7 @@ layer or below, wherever the import stands; tests/test_layers.py checks it, and 
     schedules, files, runlog                     # beta_t and its coefficients; bytes on disk; the run's JSON logs
     config                                       # the dataclasses: flags, defaults, constraints, presets
     samplers, unet, ema, distributed             # sampling loops; the network; weight averaging; devices and ranks
-    diffusion, ddpm                              # forward process, loss and sampling; this package's public names
+    diffusion, likelihood, ddpm                  # forward process, loss and sampling; the bound in bits/dim; public names
     datasets, data, checkpoint, diffusers_format # read images/data sets; the training stream; checkpoints; diffusers
     model_io, generate, metrics                  # load/export any model file; images from a model; FID and friends
     policies, evaluate, train, bench             # the loop's policies; score a model; training; speed benchmark
