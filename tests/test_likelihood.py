@@ -11,7 +11,7 @@ import mpmath
 import numpy as np
 import pytest
 import torch
-from scipy import special, stats
+from scipy import stats
 
 from conftest import MINI_MODEL, write_model_file, write_png_folder
 from ddpm.config import ModelConfig
