@@ -9,7 +9,7 @@ layer or below, wherever the import stands; tests/test_layers.py checks it, and 
     samplers, unet, ema, distributed             # sampling loops; the network; weight averaging; devices and ranks
     diffusion, likelihood, ddpm                  # forward process, loss and sampling; the bound in bits/dim; public names
     datasets, data, checkpoint, diffusers_format # read images/data sets; the training stream; checkpoints; diffusers
-    model_io, generate, metrics                  # load/export any model file; images from a model; FID and friends
+    model_io, generate, editing, metrics         # load/export any model file; images from noise; from images; FID
     policies, evaluate, train, bench             # the loop's policies; score a model; training; speed benchmark
     figures                                      # the figures
     commands, cli, __main__                      # the command line
