@@ -9,7 +9,7 @@
 #       mkdir -p cifar10-jpeg && tar xzf ../shared/data/cifar10-jpeg.tar.gz -C cifar10-jpeg
 #
 # Run it from the root of the repository. The commands are the ones shown next to each figure in the documents.
-# The first four figures need no model; the last four use RUN. Each command prints what it drew (checkpoint and
+# The first four figures need no model; the others use RUN. Each command prints what it drew (checkpoint and
 # step included): put that step in the captions of docs/guide.md when the figures come from a new checkpoint.
 set -euo pipefail
 
@@ -42,3 +42,21 @@ ddpm visualize trajectory "$RUN" --sampler dpm++2m --sampling-steps 20 --seeds 0
 # The README's Results grid: 64 samples of the EMA weights with 50 DDIM steps (seeds 0..63).
 ddpm sample --load-model "$RUN" --num-samples 64 --sampler ddim --sampling-steps 50 \
     --output docs/figures/results-samples.png
+
+# The variational bound (Ho et al. 2020, eq. 5) of 48 test images with all 1000 terms (48,000 network calls: about
+# 45 minutes on the 2-core CPU; skipped when docs/figures/nll.json exists, delete it to measure again), then its
+# terms against t and rate against distortion (Fig. 5).
+[[ -f docs/figures/nll.json ]] || ddpm nll "$RUN" --data-dir "$DATA/test" --num-images 48 --batch-size 48 --json \
+    > docs/figures/nll.json
+ddpm visualize rate-distortion docs/figures/nll.json --output docs/figures/rate-distortion.png
+
+# What the model does from a real image's x_t, with 50 or 100 respaced reverse steps (a few minutes each on a CPU):
+# samples sharing one x_t (Fig. 7), interpolation in x_t (Fig. 8), inpainting (replacement, then RePaint).
+ddpm visualize shared-xt "$RUN" --data-dir "$DATA/test" --timesteps 249 499 749 999 --samples 4 --sampling-steps 50 \
+    --output docs/figures/shared-xt.png
+ddpm visualize interpolation "$RUN" --data-dir "$DATA/test" --timesteps 99 249 499 --lambdas 7 --sampling-steps 50 \
+    --output docs/figures/interpolation.png
+ddpm visualize inpainting "$RUN" --data-dir "$DATA/test" --num-images 4 --sampling-steps 100 \
+    --output docs/figures/inpainting.png
+ddpm visualize inpainting "$RUN" --data-dir "$DATA/test" --num-images 4 --masks centre half --sampling-steps 100 \
+    --resample 3 --jump-length 10 --output docs/figures/inpainting-repaint.png

@@ -151,7 +151,7 @@ def register(subparsers) -> None:
                  "by the reverse process, at several t (Ho et al. 2020, Fig. 8)", "interpolation.png")
     add_checkpoint(interp)
     add_images(interp, 2)
-    interp.add_argument("--timesteps", type=int, nargs="+", default=[249, 499, 749], metavar="T",
+    interp.add_argument("--timesteps", type=int, nargs="+", default=[99, 249, 499], metavar="T",
                         help="the 0-based timesteps of x_t (each below the model's T)")
     interp.add_argument("--lambdas", type=positive_int, default=7, metavar="K",
                         help="K values of lambda evenly spaced from 0 to 1 (K >= 2)")
@@ -412,7 +412,7 @@ def run_inpainting(args: argparse.Namespace) -> int:
     path = repaint_schedule(steps, args.jump_length, args.resample)
     calls = sum(1 for a, b in zip(path, path[1:]) if b < a)
     method = "replacement" if args.resample == 1 else f"RePaint, r = {args.resample}, j = {args.jump_length}"
-    title = f"Inpainting ({method}, {steps} steps, {calls} network calls per image)"
+    title = f"Inpainting ({method}, {steps} steps: {calls} network calls per image)"
     width, height = save_figure(inpainting_figure(x0, args.masks, known, filled, title), args.output, args.dpi)
     print(f"{loaded.source} (step {loaded.step}), {description}, {method}, {calls} network calls per image: "
           f"wrote {args.output} ({width}x{height})")

@@ -3,6 +3,7 @@ rate against distortion (Fig. 5), samples from a shared x_t (Fig. 7), interpolat
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -31,7 +32,8 @@ def _grid_axes(fig: Figure, rows: list[list[np.ndarray]], row_labels: Sequence[s
 
 def _grid_figure(rows, row_labels, col_labels, title) -> Figure:
     cols = max(len(r) for r in rows)
-    fig = Figure(figsize=(quarter_inches(0.6 * cols + 1.5), quarter_inches(0.6 * len(rows) + 1)), layout="constrained")
+    fig = Figure(figsize=(quarter_inches(max(0.6 * cols + 1.5, 0.075 * len(title))), quarter_inches(0.6 * len(rows) + 1)),
+                 layout="constrained")
     _grid_axes(fig, rows, row_labels, col_labels, title)
     return fig
 
@@ -61,8 +63,9 @@ def rate_distortion_figure(record: dict) -> Figure:
     b.legend(handles=b.get_lines() + b2.get_lines(), fontsize=7, loc="center right")
     c.plot(rate, rmse, color="C1")
     c.set(xlabel="rate (bits/dim)", ylabel="distortion (RMSE, 0-255)", title="Rate against distortion")
-    fig.suptitle(f"Variational bound of {record.get('model', 'the model')}: {record['bits_per_dim']:.3f} bits/dim "
-                 f"over {record['num_images']} images", fontsize=10)
+    name = Path(record["model"]).name if record.get("model") else "the model"
+    fig.suptitle(f"Variational bound of {name}: {record['bits_per_dim']:.3f} bits/dim over {record['num_images']} "
+                 "images", fontsize=10)
     return fig
 
 
