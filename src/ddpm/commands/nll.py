@@ -54,7 +54,9 @@ def register(subparsers) -> None:
     parser.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
+def measure(args: argparse.Namespace) -> dict:
+    """The bound of ``args.checkpoint`` on the images of ``args`` as one JSON-ready record (shared with ``ddpm
+    visualize rate-distortion``, which draws the same pass)."""
     import torch
     from tqdm.auto import tqdm
 
@@ -81,22 +83,26 @@ def run(args: argparse.Namespace) -> int:
     with tqdm(total=T * len(images), unit="img", desc="nll", mininterval=10, file=sys.stderr) as bar:
         for i in range(0, len(images), args.batch_size):
             batch = images[i:i + args.batch_size]
-            x0 = (batch.to(device).double() / 127.5 - 1)
+            x0 = batch.to(device).double() / 127.5 - 1  # uint8 levels 0..255 -> the grid -1, -1 + 2/255, ..., 1
             generators = [torch.Generator(device).manual_seed(args.seed + i + k) for k in range(len(batch))]
             parts.append(bound_terms(loaded.model, loaded.diffusion, x0, generators, args.amp,
                                      progress=lambda t, n=len(batch): bar.update(n)))
     summary = summarize(parts)
-    wall = time.perf_counter() - start
+    record = {"model": str(loaded.source), "step": loaded.step, "weights": loaded.weights, "data": description,
+              "timesteps": T, "seed": args.seed, "amp": args.amp, "device": str(device),
+              "wall_sec": time.perf_counter() - start, **summary.to_dict()}
+    if summary.num_images < 2:  # one image: no standard error, null rather than NaN in JSON
+        record["stderr"] = None
+    return record
+
+
+def run(args: argparse.Namespace) -> int:
+    record = measure(args)
     if args.json:
-        record = {"model": str(loaded.source), "step": loaded.step, "weights": loaded.weights, "data": description,
-                  "timesteps": T, "seed": args.seed, "amp": args.amp, "device": str(device), "wall_sec": wall,
-                  **summary.to_dict()}
-        if record["stderr"] != record["stderr"]:  # one image: no standard error, null rather than NaN in JSON
-            record["stderr"] = None
         print(json.dumps(record))
     else:
-        stderr = "n/a" if summary.num_images < 2 else f"{summary.stderr:.4f}"
-        print(f"{summary.bits_per_dim:.4f} bits/dim ± {stderr} (s.e. over {summary.num_images} images) = prior L_T "
-              f"{summary.prior_bpd:.6f} + L_1..L_{T - 1} {summary.kl_bpd:.4f} + decoder L_0 {summary.decoder_bpd:.4f} "
-              f"| {wall:.1f} s")
+        stderr = "n/a" if record["stderr"] is None else f"{record['stderr']:.4f}"
+        print(f"{record['bits_per_dim']:.4f} bits/dim ± {stderr} (s.e. over {record['num_images']} images) = prior "
+              f"L_T {record['prior_bpd']:.6f} + L_1..L_{record['timesteps'] - 1} {record['kl_bpd']:.4f} + decoder L_0 "
+              f"{record['decoder_bpd']:.4f} | {record['wall_sec']:.1f} s")
     return 0

@@ -323,22 +323,10 @@ def run_rate_distortion(args: argparse.Namespace) -> int:
             raise DataError(f"{args.source} is not the JSON of `ddpm nll --json` ({exc.__class__.__name__}: {exc})"
                             ) from None
     else:
-        import torch
+        from ddpm.commands.nll import measure
 
-        from ddpm.likelihood import bound_terms, check_bound_schedule, summarize
-
-        args.checkpoint = args.source
-        loaded, x0, description, device = _model_and_images(args)
-        check_bound_schedule(loaded.diffusion)
-        if x0.shape[-1] != loaded.config.model.resolution:
-            raise DataError(f"images of {description} do not have the model's size")
-        parts = []
-        for i in range(0, len(x0), args.batch_size):
-            batch = (x0[i:i + args.batch_size] + 1) * 127.5
-            seeds = range(args.seed + i, args.seed + i + len(batch))
-            parts.append(bound_terms(loaded.model, loaded.diffusion, batch.round().double() / 127.5 - 1,
-                                     [torch.Generator(device).manual_seed(s) for s in seeds]))
-        record = {"model": str(loaded.source), **summarize(parts).to_dict()}
+        args.checkpoint, args.amp = args.source, False
+        record = measure(args)
     width, height = save_figure(rate_distortion_figure(record), args.output, args.dpi)
     print(f"{record['bits_per_dim']:.4f} bits/dim over {record['num_images']} images; wrote {args.output} "
           f"({width}x{height})")
