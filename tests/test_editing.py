@@ -88,6 +88,9 @@ def test_shared_xt_samples_differ_but_share_x_t(mini):
     assert samples.shape == (3, 3, 8, 8) and not torch.allclose(samples[0], samples[1])
     torch.testing.assert_close(samples[1:2], decode(model, diffusion, x_t, 3, generators([2], "cpu"), 5),
                                rtol=0, atol=1e-5)
+    x_t, samples = results[1]  # the second t: seeds 4, 5, 6
+    torch.testing.assert_close(samples[0:1], decode(model, diffusion, x_t, 11, generators([4], "cpu"), 5),
+                               rtol=0, atol=1e-5)
 
 
 # ---------------------------------------------------------------------------------------------------- the commands

@@ -53,12 +53,14 @@ def shared_xt(model: Model, diffusion: GaussianDiffusion, x0: torch.Tensor, ts: 
               seed: int = 0, steps: int | None = None) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """For each t of ``ts``: one x_t ~ q(x_t | x_0) of the single image ``x0`` (1, C, H, W) and ``samples`` reverse
     samples x_0 ~ p_theta(x_0 | x_t) from that same x_t (Ho et al. 2020, Fig. 7). x_t uses seed ``seed``, sample k
-    seed ``seed + 1 + k``. Returns [(x_t (1, C, H, W), samples (S, C, H, W))] in the order of ``ts``."""
+    seed ``seed + 1 + j * samples + k`` at the j-th t (its own noise at every t, so that no column of the figure
+    shares reverse noise with another). Returns [(x_t (1, C, H, W), samples (S, C, H, W))] in the order of ``ts``."""
     out = []
-    for t in ts:
+    for j, t in enumerate(ts):
         x_t = encode(diffusion, x0, t, generators([seed], x0.device))
         batch = x_t.expand(samples, *x_t.shape[1:]).contiguous()
-        out.append((x_t, decode(model, diffusion, batch, t, generators(range(seed + 1, seed + 1 + samples), x0.device),
+        first = seed + 1 + j * samples
+        out.append((x_t, decode(model, diffusion, batch, t, generators(range(first, first + samples), x0.device),
                                 steps)))
     return out
 
