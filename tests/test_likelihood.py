@@ -257,7 +257,7 @@ def bad_input_cases(tmp_path):
     one_step = write_model_file(tmp_path / "one.safetensors", {"timesteps": 1, "schedule": "cosine"})
     return [
         ((model, "--data-dir", empty), "no images"),
-        ((model, "--data-dir", small), "are 4x4 with 3 channels, the model's are 8x8"),
+        ((model, "--data-dir", small), "the images are 4x4 with 3 channels, the model's are 8x8"),
         ((model, "--data-dir", mixed), "different sizes"),
         ((model, "--data-dir", tmp_path / "missing"), "does not exist"),
         ((one_step, "--data-dir", good), "at least 2 timesteps"),

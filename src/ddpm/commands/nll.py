@@ -72,7 +72,7 @@ def measure(args: argparse.Namespace) -> dict:
     images, description = load_images(args.data_dir, args.num_images, None, args.split)
     c = loaded.config.model
     if tuple(images.shape[1:]) != (c.in_channels, c.resolution, c.resolution):
-        raise DataError(f"the images of {description} are {images.shape[2]}x{images.shape[3]} with {images.shape[1]} "
+        raise DataError(f"{description}: the images are {images.shape[2]}x{images.shape[3]} with {images.shape[1]} "
                         f"channels, the model's are {c.resolution}x{c.resolution} with {c.in_channels}; the bound is "
                         "over the pixels as they are, so pass images of the model's size")
     T = loaded.diffusion.timesteps
