@@ -104,7 +104,7 @@ def make_mask(kind: str, size: int, generator: torch.Generator | None = None, fr
 
 
 def repaint_schedule(levels: int, jump_length: int = 10, resample: int = 1) -> list[int]:
-    """The walk over the levels K = ``levels`` .. 0 of RePaint (Lugmayr et al. 2022, Algorithm 1 and sec. 4.2): down
+    """The walk over the levels K = ``levels`` .. 0 of RePaint (Lugmayr et al. 2022, Algorithm 1): down
     one level at a time, and at every ``jump_length``-th level (1, 1 + j, 1 + 2j, ... below K - j + 1) back up
     ``jump_length`` levels, ``resample - 1`` times. ``resample = 1`` is the plain walk K, K - 1, ..., 0."""
     if resample < 1 or jump_length < 1:
