@@ -82,14 +82,14 @@ def test_interpolation_ends_are_the_reconstructions(mini):
 def test_shared_xt_samples_differ_but_share_x_t(mini):
     model, diffusion = mini
     x0 = images(1)
-    results = shared_xt(model, diffusion, x0, [3, 11], samples=3, seed=0, steps=5)
+    results = shared_xt(model, diffusion, x0, [3, 7], samples=3, seed=0, steps=5)
     x_t, samples = results[0]
     torch.testing.assert_close(x_t, encode(diffusion, x0, 3, generators([0], "cpu")))
     assert samples.shape == (3, 3, 8, 8) and not torch.allclose(samples[0], samples[1])
     torch.testing.assert_close(samples[1:2], decode(model, diffusion, x_t, 3, generators([2], "cpu"), 5),
                                rtol=0, atol=1e-5)
-    x_t, samples = results[1]  # the second t: seeds 4, 5, 6
-    torch.testing.assert_close(samples[0:1], decode(model, diffusion, x_t, 11, generators([4], "cpu"), 5),
+    x_t, samples = results[1]  # the second t: seeds 4, 5, 6 (at t = 11, 1/sqrt(alpha-bar) ~ 40 amplifies rounding)
+    torch.testing.assert_close(samples[0:1], decode(model, diffusion, x_t, 7, generators([4], "cpu"), 5),
                                rtol=0, atol=1e-5)
 
 
