@@ -141,3 +141,40 @@ def _snapshot(folder: Path) -> dict[str, tuple[int, int]]:
 def run_copy(tiny_run: TinyRun, tmp_path: Path) -> Path:
     """This test's own copy of the session's tiny run, to resume, damage or add files to."""
     return Path(shutil.copytree(tiny_run.run, tmp_path / "run"))
+
+
+# A network of a few thousand parameters on 8x8 images: what the likelihood and editing tests run many times.
+MINI_MODEL = {"resolution": 8, "nf": 8, "ch_mult": (1, 2), "num_res_blocks": 1, "attn_resolutions": (4,),
+              "norm_groups": 4, "time_emb_dim": 16}
+
+
+def write_model_file(path: Path, diffusion: dict | None = None, model: dict | None = None, seed: int = 0) -> Path:
+    """An exported ``.safetensors`` model (random weights, the config in its metadata) that ``load_model`` reads:
+    the mini network with ``diffusion`` (default: 10 cosine steps) and ``model`` overrides."""
+    import json
+
+    from ddpm.config import make_config, without_paths
+    from ddpm.files import safetensors_bytes
+    from ddpm.unet import UNet
+
+    config = make_config("tiny", {"model": {**MINI_MODEL, **(model or {})},
+                                  "diffusion": diffusion or {"timesteps": 10, "schedule": "cosine"}})
+    torch.manual_seed(seed)
+    network = UNet(config.model)
+    with torch.no_grad():  # the output layer starts at zero; give it weights so the prediction is not trivially 0
+        for p in network.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    tensors = {k: v.contiguous() for k, v in network.state_dict().items()}
+    metadata = {"config": json.dumps(without_paths(config).to_dict()), "step": "0", "weights": "ema",
+                "format": "ddpm"}
+    path.write_bytes(safetensors_bytes(tensors, metadata))
+    return path
+
+
+def write_png_folder(root: Path, count: int = 3, size: int = 8, seed: int = 0) -> Path:
+    """``count`` random RGB PNGs of ``size`` x ``size`` pixels in ``root``."""
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    for i in range(count):
+        Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(root / f"{i:03d}.png")
+    return root

@@ -19,7 +19,6 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import TINY
 from ddpm.config import make_config
 from ddpm.data import open_training_data
 from ddpm.datasets import CIFAR10_CLASSES, classes_of, load_labelled_images, read_cifar10_labelled, read_labelled_images

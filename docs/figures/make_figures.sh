@@ -44,6 +44,24 @@ ddpm visualize trajectory "$RUN" --sampler dpm++2m --sampling-steps 20 --seeds 0
 ddpm sample --load-model "$RUN" --num-samples 64 --sampler ddim --sampling-steps 50 \
     --output docs/figures/results-samples.png
 
+# The variational bound (Ho et al. 2020, eq. 5) of 48 test images with all 1000 terms (48,000 network calls: about
+# 45 minutes on the 2-core CPU; skipped when docs/figures/nll.json exists, delete it to measure again), then its
+# terms against t and rate against distortion (Fig. 5).
+[[ -f docs/figures/nll.json ]] || ddpm nll "$RUN" --data-dir "$DATA/test" --num-images 48 --batch-size 48 --json \
+    > docs/figures/nll.json
+ddpm visualize rate-distortion docs/figures/nll.json --output docs/figures/rate-distortion.png
+
+# What the model does from a real image's x_t, with 50 or 100 respaced reverse steps (a few minutes each on a CPU):
+# samples sharing one x_t (Fig. 7), interpolation in x_t (Fig. 8), inpainting (replacement, then RePaint).
+ddpm visualize shared-xt "$RUN" --data-dir "$DATA/test" --timesteps 249 499 749 999 --samples 4 --sampling-steps 50 \
+    --output docs/figures/shared-xt.png
+ddpm visualize interpolation "$RUN" --data-dir "$DATA/test" --timesteps 99 249 499 --lambdas 7 --sampling-steps 50 \
+    --output docs/figures/interpolation.png
+ddpm visualize inpainting "$RUN" --data-dir "$DATA/test" --num-images 4 --sampling-steps 100 \
+    --output docs/figures/inpainting.png
+ddpm visualize inpainting "$RUN" --data-dir "$DATA/test" --num-images 4 --masks centre half --sampling-steps 100 \
+    --resample 3 --jump-length 10 --output docs/figures/inpainting-repaint.png
+
 # A class-conditional model (`ddpm train --class-cond`, issue 19): one labelled row per class at the file's
 # recommended guidance scale, and one seed per class at guidance scales 0, 1, 2, 4 and 8 side by side.
 if python -c 'import sys; from ddpm.model_io import load_model; sys.exit(not load_model(sys.argv[1]).config.model.class_cond)' "$RUN"; then

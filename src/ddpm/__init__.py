@@ -7,9 +7,9 @@ layer or below, wherever the import stands; tests/test_layers.py checks it, and 
     schedules, files, runlog                     # beta_t and its coefficients; bytes on disk; the run's JSON logs
     config                                       # the dataclasses: flags, defaults, constraints, presets
     samplers, unet, ema, distributed, guidance   # sampling loops; the network; EMA; devices and ranks; CFG
-    diffusion, ddpm                              # forward process, loss and sampling; this package's public names
+    diffusion, likelihood, ddpm                  # forward process, loss and sampling; the bound in bits/dim; names
     datasets, data, checkpoint, diffusers_format # read images/data sets; the training stream; checkpoints; diffusers
-    model_io, generate, metrics, probe           # load/export models; images from a model; FID and friends; probe
+    model_io, generate, editing, metrics, probe  # load/export models; images from noise, from images; FID; probe
     policies, evaluate, train, bench             # the loop's policies; score a model; training; speed benchmark
     figures                                      # the figures
     commands, cli, __main__                      # the command line

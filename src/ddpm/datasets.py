@@ -153,12 +153,12 @@ def check_channels(channels: int) -> None:
         raise DataError(f"images have 1 (grayscale) or 3 (RGB) channels; --in-channels {channels} is neither")
 
 
-def resize_cifar10(images: torch.Tensor, resolution: int) -> torch.Tensor:
+def resize_cifar10(images: torch.Tensor, resolution: int | None) -> torch.Tensor:
     """CIFAR-10 images (uint8, N x 3 x 32 x 32) at ``resolution``: resized bilinearly with antialiasing.
 
-    They are square, so nothing is cropped; at 32 they are returned as they are.
+    They are square, so nothing is cropped; at 32 (or None) they are returned as they are.
     """
-    if resolution == CIFAR10_RESOLUTION:
+    if resolution is None or resolution == CIFAR10_RESOLUTION:
         return images
     return torch.stack([TF.resize(img, resolution, antialias=True) for img in images])
 
@@ -412,7 +412,7 @@ def _keep_split(names: list[str], split: str | None) -> list[str]:
     return inside or names
 
 
-def load_images(data_dir: str | Path | None, num_images: int | None, resolution: int, split: str | None = None,
+def load_images(data_dir: str | Path | None, num_images: int | None, resolution: int | None, split: str | None = None,
                 default_root: str | Path = "data") -> tuple[torch.Tensor, str]:
     """Up to ``num_images`` images of a source, spread evenly over it, as uint8 (N, 3, R, R), and a description.
 
@@ -421,7 +421,7 @@ def load_images(data_dir: str | Path | None, num_images: int | None, resolution:
     only the files below a folder of that name when there are any, as in ``test/`` of the CIFAR-10 JPEG archive)
     and, without ``data_dir``, CIFAR-10 in ``default_root`` (downloaded if absent). Files are listed in sorted
     order and only the chosen ones are decoded, so that a handful of images from a 60,000-file archive take
-    seconds, not minutes.
+    seconds, not minutes. ``resolution=None`` keeps the images as they are (all of one size, else DataError).
     """
     path = source_path(data_dir, default_root)
     cifar = find_cifar10(path)
@@ -438,7 +438,7 @@ def load_images(data_dir: str | Path | None, num_images: int | None, resolution:
     files = list(_image_files(path, choose))
     if not files:
         raise _no_images(path)
-    images = torch.stack([decode_image(data, resolution, shown) for _, shown, data in files])
+    images = _stack([decode_image(data, resolution, shown) for _, shown, data in files], path)
     where = f" (below {split}/)" if split is not None and all(_in_split(n, split) for n, _, _ in files) else ""
     return images, f"{len(images)} images of {path}{where}"
 

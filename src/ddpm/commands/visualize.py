@@ -6,6 +6,11 @@
   architecture   a diagram of the UNet of a preset or checkpoint, drawn by walking the network itself
   classes        a class-conditional model's samples, one labelled row per class
   guidance       a class-conditional model: the same seeds at several guidance scales side by side
+  loss-weights   SNR(t) and what each prediction target and min-SNR weigh at each t
+  rate-distortion  the terms of the variational bound against t, and rate against distortion (Ho et al., Fig. 5)
+  shared-xt      several reverse samples from one x_t of a real image, at several t (Fig. 7)
+  interpolation  two real images noised to x_t, mixed linearly and decoded, at several t (Fig. 8)
+  inpainting     a masked region of real images filled by the model (replacement method, RePaint's resampling)
 
 See docs/guide.md for each figure next to the equation it illustrates.
 """
@@ -28,7 +33,11 @@ EXAMPLES = """examples:
   ddpm visualize architecture ho2020 --output ho2020.png
   ddpm visualize loss-weights --gamma 5 --output weights.png
   ddpm visualize classes runs/cond --per-class 10 --sampler ddim --sampling-steps 50 --output classes.png
-  ddpm visualize guidance runs/cond --scales 0,1,2,4,8 --class cat,horse,ship --output guidance.png"""
+  ddpm visualize guidance runs/cond --scales 0,1,2,4,8 --class cat,horse,ship --output guidance.png
+  ddpm visualize rate-distortion nll.json --output rate-distortion.png
+  ddpm visualize shared-xt runs/tiny --data-dir cifar10-jpeg/test --timesteps 250 500 750 999 --sampling-steps 100
+  ddpm visualize interpolation runs/tiny --data-dir cifar10-jpeg/test --timesteps 250 500 --lambdas 9
+  ddpm visualize inpainting runs/tiny --data-dir cifar10-jpeg/test --num-images 4 --resample 5 --jump-length 10"""
 
 
 def register(subparsers) -> None:
@@ -130,6 +139,66 @@ def register(subparsers) -> None:
     add_sampling(guidance)
     guidance.add_argument("--scales", type=guidance_scales, default=[0.0, 1.0, 2.0, 4.0, 8.0], metavar="S[,S...]",
                           help="the guidance scales, one column each (0: unconditional, 1: conditional)")
+
+    def add_images(sub: argparse.ArgumentParser, count: int) -> None:
+        sub.add_argument("--data-dir", default=None, metavar="PATH",
+                         help="real images: a folder, a .zip/.tar(.gz) of images, or CIFAR-10 pickles (see --split); "
+                              "None: CIFAR-10 in ./data (downloaded if absent)")
+        sub.add_argument("--split", choices=("test", "train"), default="test",
+                         help="CIFAR-10 split; for a folder or archive, only files below a folder of this name when "
+                              "there are any, else all files")
+        sub.add_argument("--num-images", type=positive_int, default=count, metavar="N",
+                         help="images used, spread evenly over the source in sorted order")
+        sub.add_argument("--seed", type=int, default=0, help="seed of every noise draw, so the figure is reproducible")
+
+    def add_steps(sub: argparse.ArgumentParser, default: int | None) -> None:
+        sub.add_argument("--sampling-steps", type=positive_int, default=default,
+                         help="reverse steps from the largest t down to 0, respaced (Nichol & Dhariwal 2021); "
+                              "None, or more than there are timesteps: every timestep")
+
+    rate = add("rate-distortion", "the terms of the variational bound against t, and rate (bits/dim) against "
+               "distortion (RMSE of x0_hat, 0-255) from the same pass as `ddpm nll` (Ho et al. 2020, Fig. 5)",
+               "rate_distortion.png")
+    rate.add_argument("source", metavar="SOURCE",
+                      help=f"the JSON that `ddpm nll --json` printed (*.json), or a {MODEL_SOURCES} to run that pass")
+    rate.add_argument("--weights", choices=("ema", "raw"), default="ema", help="EMA or raw training weights")
+    rate.add_argument("--device", choices=DEVICES, default="auto", help=DEVICE_HELP)
+    rate.add_argument("--batch-size", type=positive_int, default=100, help="images per network call")
+    add_images(rate, 16)
+
+    shared = add("shared-xt", "one real image noised to x_t at several t, and several reverse samples from each "
+                 "x_t (Ho et al. 2020, Fig. 7)", "shared_xt.png")
+    add_checkpoint(shared)
+    add_images(shared, 1)
+    shared.add_argument("--timesteps", type=int, nargs="+", default=[249, 499, 749, 999], metavar="T",
+                        help="the 0-based timesteps of x_t (each below the model's T)")
+    shared.add_argument("--samples", type=positive_int, default=4, help="reverse samples per x_t")
+    add_steps(shared, 100)
+
+    interp = add("interpolation", "two real images noised to x_t, mixed as (1 - lambda) x_t + lambda x_t' and decoded "
+                 "by the reverse process, at several t (Ho et al. 2020, Fig. 8)", "interpolation.png")
+    add_checkpoint(interp)
+    add_images(interp, 2)
+    interp.add_argument("--timesteps", type=int, nargs="+", default=[99, 249, 499], metavar="T",
+                        help="the 0-based timesteps of x_t (each below the model's T)")
+    interp.add_argument("--lambdas", type=positive_int, default=7, metavar="K",
+                        help="K values of lambda evenly spaced from 0 to 1 (K >= 2)")
+    add_steps(interp, 100)
+
+    inpainting = add("inpainting", "real images with a masked region filled by the model; the known pixels follow "
+                     "q(x_t | x_0) at every step and are kept exactly (replacement method; RePaint's resampling "
+                     "with --resample > 1)", "inpainting.png")
+    add_checkpoint(inpainting)
+    add_images(inpainting, 4)
+    inpainting.add_argument("--masks", nargs="+", choices=("centre", "half", "random"),
+                            default=["centre", "half", "random"], help="masks, one pair of columns each")
+    inpainting.add_argument("--mask-fraction", type=float, default=0.5,
+                            help="the fraction of pixels the random mask hides")
+    inpainting.add_argument("--resample", type=positive_int, default=1,
+                            help="RePaint's r: each jump of --jump-length steps is walked this many times (1: the "
+                                 "plain replacement method); network calls grow about r-fold")
+    inpainting.add_argument("--jump-length", type=positive_int, default=10, help="RePaint's jump length j, in steps")
+    add_steps(inpainting, 100)
     parser.set_defaults(func=run)
 
 
@@ -310,9 +379,132 @@ def run_guidance(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_timesteps(timesteps: list[int], T: int) -> None:
+    from ddpm.errors import ConfigError
+
+    bad = [t for t in timesteps if not 0 <= t < T]
+    if bad:
+        raise ConfigError(f"--timesteps must lie in 0..{T - 1} (the model's T = {T}), got {' '.join(map(str, bad))}")
+
+
+def _model_and_images(args: argparse.Namespace, count: int | None = None):
+    """The model and ``--num-images`` (or ``count``) real images in [-1, 1] at the model's resolution."""
+    from ddpm.datasets import load_images
+    from ddpm.distributed import resolve_device
+    from ddpm.model_io import load_model
+
+    _check_output(args.output)
+    device = resolve_device(args.device)
+    loaded = load_model(args.checkpoint, device, args.weights)
+    images, description = load_images(args.data_dir, count or args.num_images, loaded.config.model.resolution,
+                                       args.split)
+    return loaded, images.to(device).float() / 127.5 - 1, description, device
+
+
+def run_rate_distortion(args: argparse.Namespace) -> int:
+    import json
+
+    from ddpm.errors import DataError
+    from ddpm.figures.common import save_figure
+    from ddpm.figures.paper import rate_distortion_figure
+
+    _check_output(args.output)
+    if args.source.endswith(".json"):
+        try:
+            record = json.loads(Path(args.source).read_text())
+            record["terms_bpd"], record["rate_bpd"], record["rmse_255"]  # noqa: B018 - the keys the figure reads
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise DataError(f"{args.source} is not the JSON of `ddpm nll --json` ({exc.__class__.__name__}: {exc})"
+                            ) from None
+    else:
+        from ddpm.commands.nll import measure
+
+        args.checkpoint, args.amp = args.source, False
+        record = measure(args)
+    width, height = save_figure(rate_distortion_figure(record), args.output, args.dpi)
+    print(f"{record['bits_per_dim']:.4f} bits/dim over {record['num_images']} images; wrote {args.output} "
+          f"({width}x{height})")
+    return 0
+
+
+def run_shared_xt(args: argparse.Namespace) -> int:
+    from ddpm.editing import shared_xt
+    from ddpm.figures.common import save_figure
+    from ddpm.figures.paper import shared_xt_figure
+
+    loaded, x0, description, _ = _model_and_images(args)
+    _check_timesteps(args.timesteps, loaded.diffusion.timesteps)
+    rows = []
+    for k in range(len(x0)):
+        results = shared_xt(loaded.model, loaded.diffusion, x0[k:k + 1], args.timesteps, args.samples,
+                            args.seed + 1000 * k, args.sampling_steps)
+        rows.append((x0[k:k + 1], results))
+    width, height = save_figure(shared_xt_figure(rows, args.timesteps), args.output, args.dpi)
+    print(f"{loaded.source} (step {loaded.step}), {description}, t = {' '.join(map(str, args.timesteps))}, "
+          f"{args.samples} samples each, {args.sampling_steps or 'all'} steps: wrote {args.output} ({width}x{height})")
+    return 0
+
+
+def run_interpolation(args: argparse.Namespace) -> int:
+    from ddpm.editing import interpolate
+    from ddpm.errors import ConfigError, DataError
+    from ddpm.figures.common import save_figure
+    from ddpm.figures.paper import interpolation_figure
+
+    if args.lambdas < 2:
+        raise ConfigError(f"--lambdas must be at least 2 (0 and 1), got {args.lambdas}")
+    if args.num_images < 2:
+        raise ConfigError(f"--num-images must be at least 2 (the two ends), got {args.num_images}")
+    loaded, x0, description, _ = _model_and_images(args)
+    if len(x0) < 2:
+        raise DataError(f"interpolation needs two images, {description} has {len(x0)}")
+    _check_timesteps(args.timesteps, loaded.diffusion.timesteps)
+    lambdas = [k / (args.lambdas - 1) for k in range(args.lambdas)]
+    a, b = x0[:1], x0[-1:]
+    rows = [interpolate(loaded.model, loaded.diffusion, a, b, t, lambdas, args.seed, args.sampling_steps)
+            for t in args.timesteps]
+    width, height = save_figure(interpolation_figure(a, b, rows, args.timesteps, lambdas), args.output, args.dpi)
+    print(f"{loaded.source} (step {loaded.step}), first and last of {description}, t = "
+          f"{' '.join(map(str, args.timesteps))}, {args.sampling_steps or 'all'} steps: wrote {args.output} "
+          f"({width}x{height})")
+    return 0
+
+
+def run_inpainting(args: argparse.Namespace) -> int:
+    import torch
+
+    from ddpm.editing import inpaint, make_mask, repaint_schedule
+    from ddpm.errors import ConfigError
+    from ddpm.figures.common import save_figure
+    from ddpm.figures.paper import inpainting_figure
+
+    if not 0 <= args.mask_fraction <= 1:
+        raise ConfigError(f"--mask-fraction must be in [0, 1], got {args.mask_fraction}")
+    loaded, x0, description, device = _model_and_images(args)
+    T = loaded.diffusion.timesteps
+    steps = min(args.sampling_steps or T, T)
+    size = loaded.config.model.resolution
+    known, filled = [], []
+    for m, mask in enumerate(args.masks):
+        k = make_mask(mask, size, torch.Generator().manual_seed(args.seed), args.mask_fraction).to(device)
+        generators = [torch.Generator(device).manual_seed(args.seed + 1000 * m + i) for i in range(len(x0))]
+        known.append(k)
+        filled.append(inpaint(loaded.model, loaded.diffusion, x0, k, steps, args.resample, args.jump_length,
+                              generators))
+    path = repaint_schedule(steps, args.jump_length, args.resample)
+    calls = sum(1 for a, b in zip(path, path[1:]) if b < a)
+    method = "replacement" if args.resample == 1 else f"RePaint, r = {args.resample}, j = {args.jump_length}"
+    title = f"Inpainting ({method}, {steps} steps: {calls} network calls per image)"
+    width, height = save_figure(inpainting_figure(x0, args.masks, known, filled, title), args.output, args.dpi)
+    print(f"{loaded.source} (step {loaded.step}), {description}, {method}, {calls} network calls per image: "
+          f"wrote {args.output} ({width}x{height})")
+    return 0
+
+
 FIGURES = {"forward": run_forward, "trajectory": run_trajectory, "loss-vs-t": run_loss_vs_t,
            "architecture": run_architecture, "loss-weights": run_loss_weights, "classes": run_classes,
-           "guidance": run_guidance}
+           "guidance": run_guidance, "rate-distortion": run_rate_distortion, "shared-xt": run_shared_xt,
+           "interpolation": run_interpolation, "inpainting": run_inpainting}
 
 
 def run(args: argparse.Namespace) -> int:
