@@ -17,7 +17,7 @@ import json
 import sys
 import time
 
-from ddpm.commands.options import MODEL_SOURCES, HelpFormatter, positive_int
+from ddpm.commands.options import MODEL_SOURCES, HelpFormatter, add_image_source, positive_int
 from ddpm.config import DEVICE_HELP, DEVICES
 
 EXAMPLE = """examples:
@@ -29,14 +29,7 @@ def register(subparsers) -> None:
     parser = subparsers.add_parser("nll", help="the variational bound (negative log-likelihood) in bits/dim",
                                    description=__doc__, epilog=EXAMPLE, formatter_class=HelpFormatter)
     parser.add_argument("checkpoint", metavar="MODEL", help=MODEL_SOURCES)
-    parser.add_argument("--data-dir", default=None, metavar="PATH",
-                        help="images: a folder, a .zip/.tar(.gz) of images, or CIFAR-10 pickles (see --split); None: "
-                             "CIFAR-10 in ./data (downloaded if absent)")
-    parser.add_argument("--split", choices=("test", "train"), default="test",
-                        help="CIFAR-10 split; for a folder or archive, only files below a folder of this name when "
-                             "there are any (e.g. test/ of the CIFAR-10 JPEG archive), else all files")
-    parser.add_argument("--num-images", type=positive_int, default=None, metavar="N",
-                        help="images evaluated, spread evenly over the source in sorted order; None: all of them")
+    add_image_source(parser, None, "images evaluated (None: all of them)")
     parser.add_argument("--batch-size", type=positive_int, default=100,
                         help="images per network call (each batch makes T calls)")
     parser.add_argument("--seed", type=int, default=0,

@@ -27,6 +27,18 @@ def positive_int(text: str) -> int:
     return value
 
 
+def add_image_source(parser: argparse.ArgumentParser, num_images: int | None, num_help: str) -> None:
+    """--data-dir, --split and --num-images (default ``num_images``) of the commands that read real images."""
+    parser.add_argument("--data-dir", default=None, metavar="PATH",
+                        help="images: a folder, a .zip/.tar(.gz) of images, or CIFAR-10 pickles (see --split); None: "
+                             "CIFAR-10 in ./data (downloaded if absent)")
+    parser.add_argument("--split", choices=("test", "train"), default="test",
+                        help="CIFAR-10 split; for a folder or archive, only files below a folder of this name when "
+                             "there are any (e.g. test/ of the CIFAR-10 JPEG archive), else all files")
+    parser.add_argument("--num-images", type=positive_int, default=num_images, metavar="N",
+                        help=f"{num_help}, spread evenly over the source in sorted order")
+
+
 def add_compile_argument(parser: argparse.ArgumentParser) -> None:
     """``--compile`` for the commands that sample (training's own flag comes from :class:`ddpm.config.TrainConfig`)."""
     parser.add_argument("--compile", action="store_true",

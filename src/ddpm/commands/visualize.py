@@ -22,7 +22,8 @@ import dataclasses
 from pathlib import Path
 
 from ddpm.commands.options import (
-    GUIDANCE_HELP, MODEL_SOURCES, HelpFormatter, add_class_argument, guidance_scale, guidance_scales, positive_int,
+    GUIDANCE_HELP, MODEL_SOURCES, HelpFormatter, add_class_argument, add_image_source, guidance_scale, guidance_scales,
+    positive_int,
 )
 from ddpm.config import DEVICE_HELP, DEVICES
 
@@ -141,15 +142,12 @@ def register(subparsers) -> None:
                           help="the guidance scales, one column each (0: unconditional, 1: conditional)")
 
     def add_images(sub: argparse.ArgumentParser, count: int) -> None:
-        sub.add_argument("--data-dir", default=None, metavar="PATH",
-                         help="real images: a folder, a .zip/.tar(.gz) of images, or CIFAR-10 pickles (see --split); "
-                              "None: CIFAR-10 in ./data (downloaded if absent)")
-        sub.add_argument("--split", choices=("test", "train"), default="test",
-                         help="CIFAR-10 split; for a folder or archive, only files below a folder of this name when "
-                              "there are any, else all files")
-        sub.add_argument("--num-images", type=positive_int, default=count, metavar="N",
-                         help="images used, spread evenly over the source in sorted order")
+        add_image_source(sub, count, "images used")
         sub.add_argument("--seed", type=int, default=0, help="seed of every noise draw, so the figure is reproducible")
+
+    def add_timesteps(sub: argparse.ArgumentParser, default: list[int]) -> None:
+        sub.add_argument("--timesteps", type=int, nargs="+", default=default, metavar="T",
+                         help="the 0-based timesteps of x_t (each below the model's T)")
 
     def add_steps(sub: argparse.ArgumentParser, default: int | None) -> None:
         sub.add_argument("--sampling-steps", type=positive_int, default=default,
@@ -170,8 +168,7 @@ def register(subparsers) -> None:
                  "x_t (Ho et al. 2020, Fig. 7)", "shared_xt.png")
     add_checkpoint(shared)
     add_images(shared, 1)
-    shared.add_argument("--timesteps", type=int, nargs="+", default=[249, 499, 749, 999], metavar="T",
-                        help="the 0-based timesteps of x_t (each below the model's T)")
+    add_timesteps(shared, [249, 499, 749, 999])
     shared.add_argument("--samples", type=positive_int, default=4, help="reverse samples per x_t")
     add_steps(shared, 100)
 
@@ -179,8 +176,7 @@ def register(subparsers) -> None:
                  "by the reverse process, at several t (Ho et al. 2020, Fig. 8)", "interpolation.png")
     add_checkpoint(interp)
     add_images(interp, 2)
-    interp.add_argument("--timesteps", type=int, nargs="+", default=[99, 249, 499], metavar="T",
-                        help="the 0-based timesteps of x_t (each below the model's T)")
+    add_timesteps(interp, [99, 249, 499])
     interp.add_argument("--lambdas", type=positive_int, default=7, metavar="K",
                         help="K values of lambda evenly spaced from 0 to 1 (K >= 2)")
     add_steps(interp, 100)

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
-from ddpm.figures.common import quarter_inches, tile
+from ddpm.figures.common import paper_t, quarter_inches, tile
 from ddpm.generate import to_uint8
 
 
@@ -45,17 +45,17 @@ def rate_distortion_figure(record: dict) -> Figure:
     terms = np.asarray(record["terms_bpd"])
     rate = np.asarray(record["rate_bpd"])
     rmse = np.asarray(record["rmse_255"])
-    t = np.arange(len(terms))
+    t = np.arange(1, len(terms) + 1)  # the paper's t: the code's term at t is the paper's L_{t} at t + 1 (L_0 at 1)
     fig = Figure(figsize=(13, 3.75), layout="constrained")
     a, b, c = fig.subplots(1, 3)
     a.semilogy(t[1:], terms[1:], lw=1, label="KL terms L_{t-1}, t = 2..T")
-    a.semilogy([0], [terms[0]], "o", color="C3", label=f"decoder L_0 = {terms[0]:.3f}")
+    a.semilogy([1], [terms[0]], "o", color="C3", label=f"decoder L_0 = {terms[0]:.3f}")
     a.axhline(max(record["prior_bpd"], 1e-12), color="C2", ls=":", lw=1,
               label=f"prior L_T = {record['prior_bpd']:.1e}")
-    a.set(xlabel="timestep t (0-based)", ylabel="bits/dim", title="The terms of the bound")
+    a.set(xlabel="timestep t (the paper's 1..T)", ylabel="bits/dim", title="The terms of the bound")
     a.legend(fontsize=7)
     b.plot(t, rate, color="C0", label="rate (bits/dim)")
-    b.set(xlabel="timestep t (0-based)", ylabel="rate (bits/dim)", title="Rate and distortion against t")
+    b.set(xlabel="timestep t (the paper's 1..T)", ylabel="rate (bits/dim)", title="Rate and distortion against t")
     b.invert_xaxis()
     b2 = b.twinx()
     b2.plot(t, rmse, color="C1", label="distortion (RMSE, 0-255)")
@@ -77,7 +77,7 @@ def shared_xt_figure(blocks: Sequence[tuple[torch.Tensor, Sequence[tuple[torch.T
     for n, (x0, results) in enumerate(blocks):
         source = _images(x0)[0]
         rows += [[source, _images(x_t)[0], *_images(samples)] for x_t, samples in results]
-        labels += [f"t = {t}" if len(blocks) == 1 else f"image {n + 1}, t = {t}" for t in ts]
+        labels += [f"t = {paper_t(t)}" if len(blocks) == 1 else f"image {n + 1}, t = {paper_t(t)}" for t in ts]
     samples = len(blocks[0][1][0][1])
     return _grid_figure(rows, labels, ["x₀", "x_t", *[f"sample {k + 1}" for k in range(samples)]],
                         "Samples x₀ ~ p(x₀ | x_t) sharing one x_t")
@@ -88,7 +88,7 @@ def interpolation_figure(x0_a: torch.Tensor, x0_b: torch.Tensor, rows: Sequence[
     """One row per t: source a, the decodings of (1 - lambda) x_t^a + lambda x_t^b, source b (Fig. 8)."""
     a, b = _images(x0_a)[0], _images(x0_b)[0]
     grid = [[a, *_images(decoded), b] for decoded in rows]
-    return _grid_figure(grid, [f"t = {t}" for t in ts], ["source", *[f"λ={lam:.2g}" for lam in lambdas], "source"],
+    return _grid_figure(grid, [f"t = {paper_t(t)}" for t in ts], ["source", *[f"λ={lam:.2g}" for lam in lambdas], "source"],
                         "Interpolation in x_t, decoded by the reverse process")
 
 
