@@ -22,8 +22,8 @@ import dataclasses
 from pathlib import Path
 
 from ddpm.commands.options import (
-    GUIDANCE_HELP, MODEL_SOURCES, HelpFormatter, add_class_argument, add_image_source, guidance_scale, guidance_scales,
-    positive_int,
+    GUIDANCE_HELP, MODEL_SOURCES, HelpFormatter, add_class_argument, add_image_source, add_variance_argument,
+    guidance_scale, guidance_scales, positive_int,
 )
 from ddpm.config import DEVICE_HELP, DEVICES
 
@@ -162,6 +162,7 @@ def register(subparsers) -> None:
     rate.add_argument("--weights", choices=("ema", "raw"), default="ema", help="EMA or raw training weights")
     rate.add_argument("--device", choices=DEVICES, default="auto", help=DEVICE_HELP)
     rate.add_argument("--batch-size", type=positive_int, default=100, help="images per network call")
+    add_variance_argument(rate)
     add_images(rate, 16)
 
     shared = add("shared-xt", "one real image noised to x_t at several t, and several reverse samples from each "
