@@ -270,13 +270,14 @@ def run_loss_vs_t(args: argparse.Namespace) -> int:
     images, description = load_images(args.data_dir, args.num_images, loaded.config.model.resolution, args.split)
     rows = loss_per_timestep(loaded.model, loaded.diffusion, images, args.buckets, args.batch_size, args.seed, device)
     print(f"{loaded.source} (step {loaded.step}, {loaded.weights} weights) on {len(images)} images, {description}")
-    print(f"{'t from':>7} {'to':>6} {'loss':>10} {'± s.e.':>9}   (t: the paper's 1 .. T, the code's t + 1)")
+    print(f"{'t from':>7} {'to':>6} {'loss':>10} {'± s.e.':>9} {'no network':>11}   (t: the paper's 1 .. T, the "
+          "code's t + 1; no network: eps_hat = sqrt(1 - alpha-bar_t) x_t)")
     for r in rows:
-        print(f"{r.start + 1:>7} {r.stop:>6} {r.mean:>10.5f} {r.stderr:>9.5f}")
+        print(f"{r.start + 1:>7} {r.stop:>6} {r.mean:>10.5f} {r.stderr:>9.5f} {r.trivial:>11.2e}")
     mean = uniform_t_loss(rows)
     print(f"mean over t ~ U{{1..{loaded.diffusion.timesteps}}}: {mean:.5f}")
     title = f"Loss per timestep: {loaded.source.name} (step {loaded.step}), {len(images)} held-out images"
-    width, height = save_figure(loss_figure(rows, title), args.output, args.dpi)
+    width, height = save_figure(loss_figure(rows, loaded.diffusion, title), args.output, args.dpi)
     print(f"wrote {args.output} ({width}x{height})")
     return 0
 
