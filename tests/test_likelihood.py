@@ -16,8 +16,8 @@ from scipy import stats
 from conftest import MINI_MODEL, write_model_file, write_png_folder
 from ddpm.config import ModelConfig
 from ddpm.diffusion import GaussianDiffusion
-from ddpm.likelihood import (bound_terms, discretized_gaussian_log_likelihood, normal_kl, reverse_variance,
-                             summarize)
+from ddpm.likelihood import (bound_terms, bound_weight, discretized_gaussian_log_likelihood, normal_kl,
+                             reverse_variance, summarize)
 from ddpm.unet import UNet
 
 LEVELS = torch.arange(256, dtype=torch.float64) / 127.5 - 1  # the 256 pixel levels on [-1, 1]
@@ -104,6 +104,39 @@ def test_reverse_variance_takes_beta_tilde_1_at_t_0(variance):
     assert v[0].item() == d.posterior_variance[1].item() > 0
     expected = d.betas if variance == "fixed_large" else d.posterior_variance
     torch.testing.assert_close(v[1:], expected[1:], rtol=0, atol=0)
+
+
+# ----------------------------------------------------------------------- eq. 12: the bound as a weighted eps error
+@pytest.mark.parametrize("variance", ["fixed_large", "fixed_small"])
+def test_bound_weight_turns_the_eps_error_into_the_gaussian_kl(variance):
+    """Eq. 8 with both means written in eps (eq. 10-11): KL(q(x_{t-1} | x_t, x_0) || p_theta) minus its value for a
+    perfect eps is lambda_t ||eps - eps_theta||^2, for every t >= 1 and any error."""
+    d = GaussianDiffusion(50, variance=variance)
+    weight = bound_weight(d)
+    sigma2 = d.betas if variance == "fixed_large" else d.posterior_variance
+    generator = torch.Generator().manual_seed(0)
+    x0 = torch.rand(2, 3, 4, 4, generator=generator, dtype=torch.float64) * 2 - 1
+    eps = torch.randn(x0.shape, generator=generator, dtype=torch.float64)
+    error = 0.3 * torch.randn(x0.shape, generator=generator, dtype=torch.float64)
+    for t in range(1, d.timesteps):
+        abar = d.alphas_cumprod[t]
+        x_t = abar.sqrt() * x0 + (1 - abar).sqrt() * eps
+        mean_of = lambda e: (x_t - d.betas[t] / (1 - abar).sqrt() * e) / d.alphas[t].sqrt()  # noqa: E731 - eq. 11
+        true_mean = d.posterior_mean_coef1[t] * x0 + d.posterior_mean_coef2[t] * x_t  # eq. 7
+        torch.testing.assert_close(mean_of(eps), true_mean, rtol=1e-9, atol=1e-12)  # eq. 10
+        kl = normal_kl(true_mean, d.posterior_variance[t], mean_of(eps + error), sigma2[t]).sum()
+        constant = normal_kl(true_mean, d.posterior_variance[t], true_mean, sigma2[t]).sum()
+        assert (kl - constant).item() == pytest.approx(weight[t].item() * error.square().sum().item(), rel=1e-9)
+
+
+def test_bound_weight_values_of_the_guide():
+    """The numbers docs/guide.md quotes for Ho et al.'s schedule (T = 1000, beta 1e-4 to 0.02)."""
+    large, small = bound_weight(GaussianDiffusion(1000)), bound_weight(GaussianDiffusion(1000, variance="fixed_small"))
+    betas = np.linspace(1e-4, 0.02, 1000)
+    abar = np.cumprod(1 - betas)
+    np.testing.assert_allclose(large.numpy(), betas / (2 * (1 - betas) * (1 - abar)), rtol=1e-12)
+    assert [round(large[t].item(), 4) for t in (0, 10, 500, 999)] == [0.5001, 0.0682, 0.0055, 0.0102]
+    assert math.isinf(small[0].item()) and round(small[1].item(), 4) == 0.5997
 
 
 # ------------------------------------------------------------------------------ the bound against a float64 reference
@@ -233,6 +266,24 @@ def test_nll_command_json(cli, mini_model, tmp_path):
     assert json.loads(out)["bits_per_dim"] == pytest.approx(record["bits_per_dim"], rel=1e-6)
     code, out, _ = cli("nll", mini_model, "--data-dir", images, "--num-images", "1", "--device", "cpu")
     assert code == 0 and "bits/dim ± n/a (s.e. over 1 images)" in out and out.count("\n") == 1
+
+
+def test_nll_variance_flag_equals_a_model_trained_with_it(cli, mini_model, tmp_path):
+    """--variance replaces the reverse variance (not learnt): the same weights saved with fixed_small give the same
+    bound, and the record says which variance it used."""
+    images = write_png_folder(tmp_path / "images", count=2)
+    small = write_model_file(tmp_path / "small.safetensors", {"timesteps": 4, "schedule": "cosine",
+                                                              "variance": "fixed_small"})
+    records = {}
+    for name, model, flags in (("large", mini_model, []), ("override", mini_model, ["--variance", "fixed_small"]),
+                               ("small", small, [])):
+        code, out, err = cli("nll", model, "--data-dir", images, "--device", "cpu", "--json", *flags)
+        assert code == 0, err
+        records[name] = json.loads(out)
+    assert records["override"]["terms_bpd"] == records["small"]["terms_bpd"]
+    assert records["override"]["variance"] == records["small"]["variance"] == "fixed_small"
+    assert records["large"]["variance"] == "fixed_large"
+    assert records["large"]["terms_bpd"][1:] != records["small"]["terms_bpd"][1:]
 
 
 def test_nll_reads_cifar10_pickles_test_split(cli, tmp_path):

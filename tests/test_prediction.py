@@ -16,6 +16,7 @@ from ddpm.config import RunConfig, make_config
 from ddpm.diffusion import GaussianDiffusion
 from ddpm.errors import ConfigError
 from ddpm.model_io import load_model
+from ddpm.samplers import ddim_sample
 from ddpm.schedules import min_snr_weight, prediction_target, split_prediction
 
 MU, SIGMA = 0.1, 0.4  # the data: every pixel ~ N(MU, SIGMA^2), independent
@@ -57,6 +58,31 @@ def test_the_ideal_denoiser_as_eps_x0_or_v_gives_the_same_samples_and_the_data_d
     x = samples["eps"]
     # 4096 draws: the standard error of the mean is SIGMA/64 = 0.006, of the standard deviation 0.0044.
     assert abs(x.mean().item() - MU) < 0.025 and abs(x.std().item() / SIGMA - 1) < 0.04
+
+
+def test_the_ideal_eps_is_the_scaled_score_and_ddim_is_euler_on_the_probability_flow_ode():
+    """docs/guide.md, "the score view": eps*(x_t) = -sqrt(1 - alpha-bar_t) grad log q_t(x_t), with q_t = N(a MU,
+    a^2 SIGMA^2 + s^2) the exact marginal of the Gaussian data (the gradient by autograd); and one DDIM step from t
+    to s is the Euler step of dx-bar/dsigma-bar = eps(x_t) in x-bar = x / a, sigma-bar = s / a (Song et al. 2021,
+    eq. 14)."""
+    d = GaussianDiffusion(100)
+    model = ideal(d, "eps")
+    x = torch.linspace(-3, 3, 13, dtype=torch.float64).reshape(-1, 1, 1, 1)
+    for t in (0, 30, 99):
+        a, s = d.alphas_cumprod[t].sqrt(), (1 - d.alphas_cumprod[t]).sqrt()
+        xg = x.clone().requires_grad_(True)
+        log_q = torch.distributions.Normal(a * MU, (a**2 * SIGMA**2 + s**2).sqrt()).log_prob(xg).sum()
+        score, = torch.autograd.grad(log_q, xg)
+        eps = model(x, torch.full((len(x),), t))
+        torch.testing.assert_close(eps, -s * score, rtol=1e-12, atol=1e-12)
+    t, s_step = 80, 40
+    a_t, a_s = d.alphas_cumprod[t].sqrt(), d.alphas_cumprod[s_step].sqrt()
+    sbar_t, sbar_s = (1 - a_t**2).sqrt() / a_t, (1 - a_s**2).sqrt() / a_s
+    euler = a_s * (x / a_t + (sbar_s - sbar_t) * model(x, torch.full((len(x),), t)))
+    after_first = {}
+    ddim_sample(model, d, x, [t, s_step], clip_denoised=False,
+                callback=lambda i, step, x_s, x0: after_first.setdefault(i, x_s))
+    torch.testing.assert_close(after_first[0], euler, rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("prediction", ["eps", "x0", "v"])

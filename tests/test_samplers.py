@@ -343,3 +343,24 @@ def test_sample_dispatch_defaults():
     assert calls["ddpm"] == list(range(59, -1, -1))
     assert calls["ddim"] == sampling_timesteps(60, 50)
     assert len(calls["dpm++2m"]) == 50 and calls["dpm++2m"][0] == 59 and calls["dpm++2m"][-1] == 1
+
+
+def test_sample_variance_flag_equals_a_model_trained_with_it(cli, tmp_path):
+    """``ddpm sample --variance``: the reverse variance is not learnt, so the same weights saved with fixed_small
+    and sampled as they are, or saved with fixed_large and sampled with --variance fixed_small, draw the same images."""
+    from conftest import write_model_file
+
+    large = write_model_file(tmp_path / "large.safetensors", {"timesteps": 6, "schedule": "cosine"})
+    small = write_model_file(tmp_path / "small.safetensors", {"timesteps": 6, "schedule": "cosine",
+                                                              "variance": "fixed_small"})
+    images = {}
+    for name, model, flags in (("large", large, []), ("override", large, ["--variance", "fixed_small"]),
+                               ("small", small, [])):
+        npz = tmp_path / f"{name}.npz"
+        code, out, err = cli("sample", "--load-model", model, "--num-samples", "2", "--sampler", "ddpm",
+                             "--npz", npz, "--device", "cpu", *flags)
+        assert code == 0, err
+        images[name] = np.load(npz)["arr_0"]
+        assert ("fixed_small variance" if name != "large" else "fixed_large variance") in out
+    np.testing.assert_array_equal(images["override"], images["small"])
+    assert not np.array_equal(images["large"], images["small"])

@@ -126,7 +126,7 @@ def evaluate(model: torch.nn.Module, diffusion: GaussianDiffusion, reference: Fe
                                probe_test_accuracy=probe.test_accuracy, probe_train_images=probe.train_images,
                                probe_test_images=probe.test_images)
     return {"sampler": sampler, "steps": steps, "num_samples": num_samples, "seed": seed, "amp": amp,
-            **conditional, **metrics, "wall_sec": time.perf_counter() - start}
+            "variance": diffusion.variance, **conditional, **metrics, "wall_sec": time.perf_counter() - start}
 
 
 def check_steps(diffusion: GaussianDiffusion, sampler: str, steps: Sequence[int]) -> None:

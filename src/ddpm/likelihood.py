@@ -70,6 +70,22 @@ def reverse_variance(schedule: NoiseSchedule) -> torch.Tensor:
     return variance
 
 
+def bound_weight(schedule: NoiseSchedule, variance: str | None = None) -> torch.Tensor:
+    """lambda_t of Ho et al. (2020, eq. 12) for every code timestep t (float64, length T): the weight that turns the
+    squared noise error into the bound's KL term,
+
+        L_{t-1} - C = lambda_t E||eps - eps_theta(x_t, t)||^2,   lambda_t = beta_t^2 / (2 sigma_t^2 alpha_t (1 - alpha-bar_t)),
+
+    per pixel (eq. 8's squared distance of the means, with both means written in eps by eq. 10-11). L_simple (eq. 14)
+    sets every lambda_t to 1. sigma_t^2 is ``variance`` (default: the schedule's own), as given: beta_t ("fixed_large"),
+    where lambda_t = beta_t / (2 alpha_t (1 - alpha-bar_t)), or beta-tilde_t ("fixed_small"). At the code's t = 0 the
+    bound's term is the decoder L_0, of which lambda_0 weighs the Gaussian approximation (Ho et al. sec. 3.4); with
+    "fixed_small" it is infinite there (beta-tilde_1 = 0)."""
+    variance = schedule.variance if variance is None else variance
+    sigma2 = schedule.betas if variance == "fixed_large" else schedule.posterior_variance
+    return schedule.betas.square() / (2 * sigma2 * schedule.alphas * (1 - schedule.alphas_cumprod))
+
+
 def check_bound_schedule(schedule: NoiseSchedule) -> None:
     """The bound needs T >= 2: at T = 1 the decoder's variance beta-tilde_1 does not exist."""
     if schedule.timesteps < 2:

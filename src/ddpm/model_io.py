@@ -61,14 +61,19 @@ def _build(config: RunConfig, weights: dict[str, torch.Tensor], source: Path) ->
 
 
 def _loaded(config: RunConfig, tensors: dict[str, torch.Tensor], device, step: int, source: Path,
-            weights: str) -> LoadedModel:
+            weights: str, variance: str | None) -> LoadedModel:
     model = _build(config, tensors, source).to(device).eval()
+    if variance is not None:  # not learnt (Ho et al. sec. 3.2): any model samples with either
+        config = replace(config, "diffusion", variance=variance)
+        validate(config)
     return LoadedModel(model, GaussianDiffusion.from_config(config.diffusion), config, step, source, weights)
 
 
-def load_model(path: str | Path, device: str | torch.device = "cpu", weights: str = "ema") -> LoadedModel:
+def load_model(path: str | Path, device: str | torch.device = "cpu", weights: str = "ema",
+               variance: str | None = None) -> LoadedModel:
     """Rebuild the network from a run directory (its newest checkpoint), a ``.pt`` checkpoint, an exported
-    ``.safetensors`` file or a diffusers folder; ``weights`` picks the EMA (default) or the raw training weights."""
+    ``.safetensors`` file or a diffusers folder; ``weights`` picks the EMA (default) or the raw training weights;
+    ``variance`` replaces the reverse-process variance the model was trained with ("fixed_large" or "fixed_small")."""
     path = Path(path)
     if weights not in WEIGHTS:
         raise CheckpointError(f"unknown weights {weights!r}; choose 'ema' or 'raw'")
@@ -77,13 +82,14 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", weights: st
         if "config" not in metadata:
             raise CheckpointError(f"{path} has no ddpm config in its metadata; export it with `ddpm export`")
         config = _config_from(metadata["config"], path)
-        return _loaded(config, tensors, device, int(metadata.get("step", 0)), path, metadata.get("weights", "ema"))
+        return _loaded(config, tensors, device, int(metadata.get("step", 0)), path, metadata.get("weights", "ema"),
+                       variance)
     if diffusers_format.is_diffusers_folder(path):
         if weights != "ema":
             raise CheckpointError(f"{path} is a diffusers folder, which holds one set of weights; drop --weights "
                                   f"{weights}")
         config, tensors = diffusers_format.read_folder(path)
-        return _loaded(_config_from(config.to_dict(), path), tensors, device, 0, path, "published")
+        return _loaded(_config_from(config.to_dict(), path), tensors, device, 0, path, "published", variance)
     if path.is_dir():
         found = load_latest(path)
         if found is None:
@@ -94,7 +100,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", weights: st
     config = _config_from(state["config"], path)
     has_ema = "ema" in state
     tensors = state["ema"]["model"] if weights == "ema" and has_ema else state["model"]
-    return _loaded(config, tensors, device, int(state["step"]), path, weights if has_ema else "raw")
+    return _loaded(config, tensors, device, int(state["step"]), path, weights if has_ema else "raw", variance)
 
 
 def _with_guidance(loaded: LoadedModel, guidance_scale: float | None) -> RunConfig:

@@ -20,8 +20,8 @@ import sys
 from pathlib import Path
 
 from ddpm.commands.options import (
-    GUIDANCE_HELP, MODEL_SOURCES, HelpFormatter, add_amp_argument, add_compile_argument, conditioning, guidance_scales,
-    positive_int,
+    GUIDANCE_HELP, MODEL_SOURCES, HelpFormatter, add_amp_argument, add_compile_argument, add_variance_argument,
+    conditioning, guidance_scales, positive_int,
 )
 from ddpm.config import DEVICES, MIN_EVAL_SAMPLES, SAMPLERS
 
@@ -79,6 +79,7 @@ def register(subparsers) -> None:
                              "2-core CPU, once)")
     add_compile_argument(parser)
     add_amp_argument(parser)
+    add_variance_argument(parser)
     parser.set_defaults(func=run)
 
 
@@ -113,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
     # Every check that can fail comes before the reference statistics, which take hours on a CPU the first time.
     kind = source_kind(args.reference)
     device = resolve_device(args.device)
-    loaded = load_model(args.checkpoint, device, args.weights)
+    loaded = load_model(args.checkpoint, device, args.weights, args.variance)
     conditioning(loaded, None, args.guidance_scale)
     if args.probe is not None and not loaded.config.model.class_cond:
         raise ConfigError(f"{loaded.source} is not class-conditional, so --probe does not apply")

@@ -17,7 +17,7 @@ import json
 import sys
 import time
 
-from ddpm.commands.options import MODEL_SOURCES, HelpFormatter, add_image_source, positive_int
+from ddpm.commands.options import MODEL_SOURCES, HelpFormatter, add_image_source, add_variance_argument, positive_int
 from ddpm.config import DEVICE_HELP, DEVICES
 
 EXAMPLE = """examples:
@@ -37,6 +37,7 @@ def register(subparsers) -> None:
     parser.add_argument("--weights", choices=("ema", "raw"), default="ema",
                         help="EMA (what papers report) or raw training weights")
     parser.add_argument("--device", choices=DEVICES, default="auto", help=DEVICE_HELP)
+    add_variance_argument(parser)
     parser.add_argument("--amp", action="store_true",
                         help="run the network under autocast (bfloat16/float16 where the device has it, see `ddpm "
                              "sample --help`); the bound's arithmetic stays float64, but the network's rounding "
@@ -60,7 +61,7 @@ def measure(args: argparse.Namespace) -> dict:
     from ddpm.model_io import load_model
 
     device = resolve_device(args.device)
-    loaded = load_model(args.checkpoint, device, args.weights)
+    loaded = load_model(args.checkpoint, device, args.weights, args.variance)
     check_bound_schedule(loaded.diffusion)
     images, description = load_images(args.data_dir, args.num_images, None, args.split)
     c = loaded.config.model
@@ -82,7 +83,7 @@ def measure(args: argparse.Namespace) -> dict:
                                      progress=lambda t, n=len(batch): bar.update(n)))
     summary = summarize(parts)
     record = {"model": str(loaded.source), "step": loaded.step, "weights": loaded.weights, "data": description,
-              "timesteps": T, "seed": args.seed, "amp": args.amp, "device": str(device),
+              "timesteps": T, "variance": loaded.diffusion.variance, "seed": args.seed, "amp": args.amp, "device": str(device),
               "wall_sec": time.perf_counter() - start, **summary.to_dict()}
     if summary.num_images < 2:  # one image: no standard error, null rather than NaN in JSON
         record["stderr"] = None

@@ -8,7 +8,7 @@ import dataclasses
 import typing
 from typing import Any
 
-from ddpm.config import PRESETS, SECTIONS, flag_name
+from ddpm.config import PRESETS, SECTIONS, DiffusionConfig, flag_name
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -44,6 +44,15 @@ def add_compile_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--compile", action="store_true",
                         help="torch.compile the network before sampling: pays off over many batches on a GPU, costs "
                              "a minute of compilation; images equal the uncompiled ones up to float rounding")
+
+
+def add_variance_argument(parser: argparse.ArgumentParser) -> None:
+    """``--variance`` for the commands that sample or score a trained model: the reverse-process variance is not learnt
+    (Ho et al. 2020, sec. 3.2), so either can be used with any model; the choices are the training flag's."""
+    variance = next(f for f in dataclasses.fields(DiffusionConfig) if f.name == "variance")
+    parser.add_argument("--variance", choices=variance.metadata["choices"], default=None,
+                        help=f"{variance.metadata['help']}; None: the one the model was trained with. Only ancestral "
+                             "sampling (--sampler ddpm) and the bound use it")
 
 
 def add_amp_argument(parser: argparse.ArgumentParser) -> None:

@@ -17,7 +17,7 @@ import torch
 
 from ddpm.commands.options import (
     GUIDANCE_HELP, MODEL_SOURCES, HelpFormatter, add_amp_argument, add_class_argument, add_compile_argument,
-    conditioning, guidance_scale,
+    add_variance_argument, conditioning, guidance_scale,
 )
 from ddpm.config import DEVICE_HELP, DEVICES, SAMPLERS
 
@@ -45,6 +45,7 @@ def register(subparsers) -> None:
     parser.add_argument("--guidance-scale", type=guidance_scale, default=None, metavar="S", help=GUIDANCE_HELP)
     add_compile_argument(parser)
     add_amp_argument(parser)
+    add_variance_argument(parser)
     parser.set_defaults(func=run)
 
 
@@ -114,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         if dist.enabled and args.output_dir is None:
             raise ConfigError("under torchrun pass --output-dir: each rank writes its share of the images there")
-        loaded = load_model(args.load_model, dist.device, args.weights)
+        loaded = load_model(args.load_model, dist.device, args.weights, args.variance)
         classes = conditioning(loaded, args.classes, args.guidance_scale)
         seeds = [args.seed + i for i in range(args.num_samples)]
         if loaded.model.num_classes is not None:  # image i's class: the (i mod n)-th of --class, else i mod K
@@ -127,13 +128,14 @@ def run(args: argparse.Namespace) -> int:
         labels = None if loaded.model.num_classes is None else [label_of[s] for s in todo]
         if dist.is_main:
             conditional = ""
+            variance = f" ({loaded.diffusion.variance} variance)" if args.sampler == "ddpm" else ""
             if labels is not None:
                 names = loaded.config.model.class_names
                 shown = ", ".join(names[k] for k in (classes or range(len(names))))
                 scale = loaded.config.model.guidance_scale if args.guidance_scale is None else args.guidance_scale
                 conditional = f", classes {shown}, guidance scale {scale:g}"
             print(f"{loaded.source} (step {loaded.step}, {loaded.weights} weights): {len(seeds)} images, "
-                  f"{len(seeds) - len(missing)} already written, sampler {args.sampler}{conditional}")
+                  f"{len(seeds) - len(missing)} already written, sampler {args.sampler}{variance}{conditional}")
         kept: dict[int, np.ndarray] = {}
 
         def on_batch(batch_seeds, images):

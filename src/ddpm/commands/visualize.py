@@ -22,8 +22,8 @@ import dataclasses
 from pathlib import Path
 
 from ddpm.commands.options import (
-    GUIDANCE_HELP, MODEL_SOURCES, HelpFormatter, add_class_argument, add_image_source, guidance_scale, guidance_scales,
-    positive_int,
+    GUIDANCE_HELP, MODEL_SOURCES, HelpFormatter, add_class_argument, add_image_source, add_variance_argument,
+    guidance_scale, guidance_scales, positive_int,
 )
 from ddpm.config import DEVICE_HELP, DEVICES
 
@@ -162,6 +162,7 @@ def register(subparsers) -> None:
     rate.add_argument("--weights", choices=("ema", "raw"), default="ema", help="EMA or raw training weights")
     rate.add_argument("--device", choices=DEVICES, default="auto", help=DEVICE_HELP)
     rate.add_argument("--batch-size", type=positive_int, default=100, help="images per network call")
+    add_variance_argument(rate)
     add_images(rate, 16)
 
     shared = add("shared-xt", "one real image noised to x_t at several t, and several reverse samples from each "
@@ -269,13 +270,14 @@ def run_loss_vs_t(args: argparse.Namespace) -> int:
     images, description = load_images(args.data_dir, args.num_images, loaded.config.model.resolution, args.split)
     rows = loss_per_timestep(loaded.model, loaded.diffusion, images, args.buckets, args.batch_size, args.seed, device)
     print(f"{loaded.source} (step {loaded.step}, {loaded.weights} weights) on {len(images)} images, {description}")
-    print(f"{'t from':>7} {'to':>6} {'loss':>10} {'± s.e.':>9}   (t: the paper's 1 .. T, the code's t + 1)")
+    print(f"{'t from':>7} {'to':>6} {'loss':>10} {'± s.e.':>9} {'no network':>11}   (t: the paper's 1 .. T, the "
+          "code's t + 1; no network: eps_hat = sqrt(1 - alpha-bar_t) x_t)")
     for r in rows:
-        print(f"{r.start + 1:>7} {r.stop:>6} {r.mean:>10.5f} {r.stderr:>9.5f}")
+        print(f"{r.start + 1:>7} {r.stop:>6} {r.mean:>10.5f} {r.stderr:>9.5f} {r.trivial:>11.2e}")
     mean = uniform_t_loss(rows)
     print(f"mean over t ~ U{{1..{loaded.diffusion.timesteps}}}: {mean:.5f}")
     title = f"Loss per timestep: {loaded.source.name} (step {loaded.step}), {len(images)} held-out images"
-    width, height = save_figure(loss_figure(rows, title), args.output, args.dpi)
+    width, height = save_figure(loss_figure(rows, loaded.diffusion, title), args.output, args.dpi)
     print(f"wrote {args.output} ({width}x{height})")
     return 0
 
