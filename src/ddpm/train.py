@@ -28,7 +28,7 @@ from ddpm.checkpoint import list_checkpoints, load_latest, save_checkpoint
 from ddpm.config import (
     RunConfig, config_field, flag_name, format_duration, make_config, may_change_on_resume, replace,
 )
-from ddpm.data import StepBatches, derive_seed, iterate_batches, open_training_data, to_model_range
+from ddpm.data import StepBatches, derive_seed, iterate_batches, open_training_data, to_device, to_model_range
 from ddpm.diffusion import GaussianDiffusion
 from ddpm.distributed import DistInfo, amp_dtype, autocast, barrier, cleanup, init_distributed
 from ddpm.ema import EMA
@@ -320,7 +320,7 @@ class Trainer:
 def drop_labels(labels: torch.Tensor, p_uncond: float, num_classes: int, generator: torch.Generator) -> torch.Tensor:
     """Label dropout (Ho & Salimans 2021): each label replaced by "no class" (``num_classes``) with probability
     ``p_uncond``, drawn on the CPU from ``generator``, so that one network learns eps(x, c) and eps(x)."""
-    drop = (torch.rand(labels.shape[0], generator=generator) < p_uncond).to(labels.device)
+    drop = to_device(torch.rand(labels.shape[0], generator=generator) < p_uncond, labels.device)
     return torch.where(drop, torch.full_like(labels, num_classes), labels)
 
 
