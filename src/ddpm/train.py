@@ -176,8 +176,11 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.unscale_(self.optimizer)
-        max_norm = t.grad_clip if t.grad_clip > 0 else float("inf")
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm, foreach=True).item()
+        if t.grad_clip > 0:
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip, foreach=True).item()
+        else:  # the norm alone: clipping at infinity would multiply every gradient by 1
+            grad_norm = torch.nn.utils.get_total_norm([p.grad for p in self.model.parameters() if p.grad is not None],
+                                                      foreach=True).item()
         finite = math.isfinite(grad_norm) and math.isfinite(loss.item())
         if finite or self.scaler.is_enabled():
             # With fp16 the scaler itself skips steps whose gradients overflowed and lowers its scale.
