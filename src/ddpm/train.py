@@ -158,9 +158,15 @@ class Trainer:
         return path
 
     # ---------------------------------------------------------------------------------------------- one step
-    def train_step(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> tuple[torch.Tensor, float]:
+    def train_step(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """One optimisation step on a uint8 batch (with its int64 labels for a class-conditional network); returns
-        (loss, gradient norm). Non-finite steps are skipped."""
+        (loss, gradient norm) as 0-d tensors on the device, the norm NaN for a skipped step.
+
+        A step whose loss or gradient norm is not finite is skipped: weights, optimiser state and EMA stay exactly as
+        they were, while the LR schedule, the step count and the EMA's update count move on. The decision is a device
+        tensor, so the step never waits for the device where the optimiser takes it as one (see
+        :meth:`_optimizer_step`).
+        """
         t = self.config.train
         self.generator.manual_seed(derive_seed(t.seed, self.step, self.dist.rank))
         torch.manual_seed(derive_seed(t.seed, self.step, self.dist.rank, 1))  # dropout
@@ -177,20 +183,36 @@ class Trainer:
         self.scaler.scale(loss).backward()
         self.scaler.unscale_(self.optimizer)
         if t.grad_clip > 0:
-            grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip, foreach=True).item()
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip, foreach=True)
         else:  # the norm alone: clipping at infinity would multiply every gradient by 1
             grad_norm = torch.nn.utils.get_total_norm([p.grad for p in self.model.parameters() if p.grad is not None],
-                                                      foreach=True).item()
-        finite = math.isfinite(grad_norm) and math.isfinite(loss.item())
-        if finite or self.scaler.is_enabled():
-            # With fp16 the scaler itself skips steps whose gradients overflowed and lowers its scale.
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-        if finite:
-            self.ema.update(self.model)
+                                                      foreach=True)
+        finite = torch.isfinite(grad_norm) & torch.isfinite(loss)
+        self._optimizer_step(finite)
+        self.ema.update(self.model, finite)
         self.scheduler.step()
         self.step += 1
-        return loss.detach(), grad_norm if finite else float("nan")
+        return loss.detach(), torch.where(finite, grad_norm, torch.nan)
+
+    def _optimizer_step(self, finite: torch.Tensor) -> None:
+        """The optimiser step, taken only if ``finite`` (a 0-d bool tensor on the device).
+
+        With fp16 the gradient scaler decides, as it always has: it skips steps whose gradients overflowed (and lowers
+        its scale). Fused AdamW (the CUDA default) is given the decision on the device as ``found_inf``, the input
+        GradScaler feeds fused optimisers: at 1.0 its kernel leaves weights and moments alone and its step counts go
+        back, with no host read. Lion and AdamW's foreach implementation (CPUs, MPS) have no such input and no exact
+        device-side equivalent, so the flag is read on the host, one read per step: free on a CPU, a wait for the
+        device elsewhere.
+        """
+        if self.scaler.is_enabled():
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        elif getattr(self.optimizer, "_step_supports_amp_scaling", False):
+            self.optimizer.found_inf = (~finite).float()
+            self.optimizer.step()
+            del self.optimizer.found_inf
+        elif finite.item():
+            self.optimizer.step()
 
     # ---------------------------------------------------------------------------------------------- the run
     def run(self, data, started: float | None = None) -> int | None:
@@ -212,6 +234,7 @@ class Trainer:
                 step_start = time.perf_counter()
                 for batch in iterate_batches(data, batches, self.step, t.total_steps, self.device, t.num_workers):
                     loss, grad_norm = self.train_step(*batch) if isinstance(batch, tuple) else self.train_step(batch)
+                    grad_norm = grad_norm.item()
                     finite = math.isfinite(grad_norm)
                     seconds = time.perf_counter() - step_start  # data + step; sampling and saving excluded
                     self.elapsed += seconds
