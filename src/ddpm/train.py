@@ -165,7 +165,7 @@ class Trainer:
         A step whose loss or gradient norm is not finite is skipped: weights, optimiser state and EMA stay exactly as
         they were, while the LR schedule, the step count and the EMA's update count move on. The decision is a device
         tensor, so the step never waits for the device where the optimiser takes it as one (see
-        :meth:`_optimizer_step`).
+        :meth:`_optimizer_step`); the loop reads it back at its next sync point.
         """
         t = self.config.train
         self.generator.manual_seed(derive_seed(t.seed, self.step, self.dist.rank))
@@ -220,6 +220,11 @@ class Trainer:
 
         Returns the signal number if stopped by SIGINT/SIGTERM, else None; :attr:`out_of_time` says whether the
         time budget ended the run. Either way the last step is checkpointed and, unless sample grids are off, drawn.
+
+        Between sync points (:meth:`sync_point`) the loop only queues work on the device; at one it reads the steps'
+        results back (counting skipped steps, stopping after too many in a row), asks every rank for the time budget
+        and a stop signal, and runs what is due: logging, a grid, FID, a checkpoint. So the budget and a signal take
+        effect up to ``sync_every`` steps late, and every checkpoint is written at a sync point.
         """
         t, main = self.config.train, self.dist.is_main
         budget = TimeBudget(t.max_time, time.monotonic() if started is None else started, self.dist)
@@ -233,16 +238,21 @@ class Trainer:
             with StopSignal() as stop:
                 step_start = time.perf_counter()
                 for batch in iterate_batches(data, batches, self.step, t.total_steps, self.device, t.num_workers):
-                    loss, grad_norm = self.train_step(*batch) if isinstance(batch, tuple) else self.train_step(batch)
-                    grad_norm = grad_norm.item()
-                    finite = math.isfinite(grad_norm)
+                    window.add(*(self.train_step(*batch) if isinstance(batch, tuple) else self.train_step(batch)))
+                    sync = self.sync_point()
+                    if sync:  # waits for the device, so that the time of the steps queued is counted
+                        self._count_skipped(window.read(), bad_steps)
                     seconds = time.perf_counter() - step_start  # data + step; sampling and saving excluded
                     self.elapsed += seconds
-                    window.add(loss.item() if finite else None, seconds)
-                    self.skipped += not finite
-                    bad_steps.observe(finite, self.step, self.last_checkpoint)
-                    if due(self.step, t.logging_steps) and main:
-                        self._log_metrics(writer, progress, *window.close(t.batch_size), grad_norm)
+                    window.add_seconds(seconds)
+                    if not sync:
+                        progress.advance(False)
+                        step_start = time.perf_counter()
+                        continue
+                    if due(self.step, t.logging_steps):
+                        metrics = window.close(t.batch_size)
+                        if main:
+                            self._log_metrics(writer, progress, *metrics)
                     self.out_of_time = budget.spent()
                     progress.advance(self.out_of_time)
                     ending = self.step == t.total_steps or self.out_of_time
@@ -266,6 +276,23 @@ class Trainer:
                 writer.close()
         return stopped
 
+    def sync_point(self) -> bool:
+        """Whether the loop reads the device back after this step: every ``sync_every`` steps, at every step that
+        logs, draws a grid, scores FID or saves, and at the last one. Ranks agree, since it depends on the step
+        alone."""
+        t = self.config.train
+        return (self.step == t.total_steps
+                or any(due(self.step, every) for every in (t.sync_every, t.logging_steps, t.checkpoint_every,
+                                                           t.sample_every, t.fid_every)))
+
+    def _count_skipped(self, finite: list[bool], bad_steps: BadSteps) -> None:
+        """Count the skipped ones among the steps that ended at this one (``finite``, oldest first) and let
+        ``bad_steps`` stop the run, naming the step at which too many in a row were reached."""
+        first = self.step - len(finite) + 1
+        for i, ok in enumerate(finite):
+            self.skipped += not ok
+            bad_steps.observe(ok, first + i, self.last_checkpoint)
+
     def last_checkpoint(self) -> Path | None:
         found = list_checkpoints(self.run_dir)
         return found[-1] if found else None
@@ -276,6 +303,8 @@ class Trainer:
         return SummaryWriter(str(self.run_dir / "tensorboard"))
 
     def _log_metrics(self, writer, progress: Progress, loss: float, rate: float, grad_norm: float) -> None:
+        """One metrics.jsonl line and the TensorBoard scalars: mean loss and gradient norm over the window's finite
+        steps, its img/s, the LR and the skipped steps so far."""
         lr = self.scheduler.get_last_lr()[0]
         record = {"step": self.step, "loss": loss, "lr": lr, "grad_norm": grad_norm, "images_per_sec": rate,
                   "train_sec": self.elapsed, "skipped_steps": self.skipped}
