@@ -7,7 +7,9 @@ Parts, each reported in OUT/summary.json whatever the others did (a failed part 
 
 - ``env``: the card, driver, torch/CUDA versions, which optional packages are importable;
 - ``tests``: ``pytest -m cuda tests/test_cuda.py`` (bf16 step, fused AdamW, compile, channels_last, 1-rank NCCL DDP
-  under torchrun, bf16 vs float32 sampling, data on the GPU); on a CPU they skip, with their reason;
+  under torchrun, bf16 vs float32 sampling, data on the GPU, training steps that never wait for the GPU under
+  ``torch.cuda.set_sync_debug_mode("error")``, compiled training steps equal to eager and resumed exactly); on a CPU
+  they skip, with their reason;
 - ``bench``: ``ddpm bench`` of ho2020 at batch 128 and 512 in float32, bf16 + channels_last and bf16 + channels_last +
   compile, with one DDIM-50 batch each;
 - ``train``: ``ddpm train --preset ho2020 --amp --compile --channels-last --max-time 4m`` on CIFAR-10's 50,000 train

@@ -101,6 +101,12 @@ def _deterministic():
         yield
 
 
+def training_state(trainer) -> list[torch.Tensor]:
+    """Copies, on the trainer's device, of its weights, its EMA's weights and every tensor of its optimiser's state."""
+    return [x.detach().clone() for x in (*trainer.model.parameters(), *trainer.ema.model.parameters(),
+                                         *(v for s in trainer.optimizer.state.values() for v in s.values()))]
+
+
 # Flags of a few-second CPU training run of the tiny preset.
 TINY = ["--preset", "tiny", "--batch-size", "4", "--total-steps", "4", "--logging-steps", "2", "--checkpoint", "2",
         "--sample-every", "0", "--num-workers", "0", "--device", "cpu"]

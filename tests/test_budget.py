@@ -32,19 +32,25 @@ def test_other_warmups_and_the_shorter_power():
     assert warmup_decay(0, 0.9999, "none") == 0.9999  # Ho et al.'s fixed decay from the first update
 
 
-def test_ema_update_follows_the_warmup():
+def test_ema_update_follows_the_warmup_and_a_skipped_step_leaves_it_unchanged():
     model = torch.nn.Linear(3, 2)
     ema = EMA(model, 0.9999, "power", 2 / 3)
+    taken, skipped = torch.tensor(True), torch.tensor(False)
     with torch.no_grad():
         model.weight.add_(1.0)
-    ema.update(model)  # d_0 = 0: the average is the current weights
+    ema.update(model, taken)  # d_0 = 0: the average is the current weights
     assert torch.equal(ema.model.weight, model.weight)
     before = ema.model.weight.clone()
     with torch.no_grad():
         model.weight.add_(1.0)
-    ema.update(model)  # d_1 = 1 - 2^(-2/3)
+    ema.update(model, taken)  # d_1 = 1 - 2^(-2/3)
     d = 1 - 2 ** (-2 / 3)
     torch.testing.assert_close(ema.model.weight, d * before + (1 - d) * model.weight, rtol=0, atol=1e-6)
+    after = [p.clone() for p in ema.model.parameters()]
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    ema.update(model, skipped)  # weight 0: not a bit changes, but the step counts towards the warm-up
+    assert all(torch.equal(a, p) for a, p in zip(after, ema.model.parameters())) and ema.num_updates == 3
 
 
 def test_new_runs_warm_up_with_the_power_rule_and_old_checkpoints_keep_theirs():

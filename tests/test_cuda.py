@@ -1,5 +1,6 @@
-"""The GPU paths: bf16 autocast, fused AdamW, torch.compile, channels_last, NCCL under torchrun, bf16 sampling and
-data kept on the GPU. Every test carries the ``cuda`` marker (``pytest -m cuda`` runs just these, as
+"""The GPU paths: bf16 autocast, fused AdamW, torch.compile, channels_last, NCCL under torchrun, bf16 sampling,
+data kept on the GPU, a training step that never waits for the GPU, and compiled training steps (equal to eager,
+resumed exactly). Every test carries the ``cuda`` marker (``pytest -m cuda`` runs just these, as
 ``benchmarks/gpu_check.py`` does on a GPU machine) and skips with a reason where there is no CUDA GPU.
 
 Float32 comparisons switch TF32 off: with it, cuDNN convolutions round their inputs to 10-bit mantissas and two
@@ -8,6 +9,8 @@ correct implementations differ by ~1e-3.
 
 from __future__ import annotations
 
+import itertools
+import math
 import subprocess
 import sys
 from contextlib import contextmanager
@@ -15,13 +18,16 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from conftest import TINY
+from conftest import TINY, training_state
+from ddpm.checkpoint import load_latest
 from ddpm.config import make_config
-from ddpm.data import StepBatches, iterate_batches, open_training_data
+from ddpm.data import StepBatches, TrainingData, iterate_batches, open_training_data
 from ddpm.diffusion import GaussianDiffusion
 from ddpm.distributed import DistInfo
 from ddpm.model_io import load_model
+from ddpm.policies import LossWindow
 from ddpm.train import Trainer
 from ddpm.unet import UNet
 
@@ -44,14 +50,25 @@ def no_tf32():
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
-def trainer(tmp_path: Path, **train) -> Trainer:
+@contextmanager
+def reproducible():
+    """Float32 without TF32, and attention by the math backend: the memory-efficient kernel's backward adds with
+    atomics unless torch.use_deterministic_algorithms(True) is strict, which would refuse cuBLAS without
+    CUBLAS_WORKSPACE_CONFIG; the suite's warn_only mode (conftest) already keeps cuDNN deterministic. Two runs of the
+    same steps then agree bit for bit."""
+    with no_tf32(), sdpa_kernel(SDPBackend.MATH):
+        yield
+
+
+def trainer(tmp_path: Path, state: dict | None = None, **train) -> Trainer:
     config = make_config("tiny", {"model": BLOCK_MODEL, "train": {"save_model": str(tmp_path), "device": "cuda",
                                                                   "batch_size": 32, **train}})
-    return Trainer(config, DistInfo(0, 0, 1, CUDA), log=lambda *a, **k: None)
+    return Trainer(config, DistInfo(0, 0, 1, CUDA), state, log=lambda *a, **k: None)
 
 
-def images(n: int = 32) -> torch.Tensor:
-    return torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0)).to(CUDA)
+def images(n: int = 32, seed: int = 0) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=generator).to(CUDA)
 
 
 def test_bf16_training_step_is_finite_and_close_to_float32(tmp_path):
@@ -143,3 +160,79 @@ def test_training_data_lives_on_the_gpu_and_batches_match_the_cpu_ones(image_fol
     for g, c in zip(on_gpu, on_cpu):
         assert torch.equal(g.cpu(), c)
 
+
+
+def test_training_steps_between_sync_points_never_wait_for_the_gpu(tmp_path):
+    """The fast recipe (bf16, channels_last, fused AdamW) with the data on the GPU. After two warm-up steps (the first
+    creates the optimiser state and copies the schedule's tables to the GPU), four steps run under
+    ``set_sync_debug_mode("error")``, which raises at any wait for the GPU: the next batch, the step, the loss
+    window's sums. The fourth has a NaN loss (a forward hook) and is skipped on the GPU, leaving weights, optimiser
+    state and EMA exactly as they were; the window's read at the sync point after it sees which step that was."""
+    t = trainer(tmp_path, amp=True, channels_last=True)
+    assert t.optimizer.defaults["fused"] and t.amp_dtype == torch.bfloat16
+    data = TrainingData("random images", images=images(64).cpu())
+    stream = iterate_batches(data, StepBatches(64, 32, seed=0), 0, 6, CUDA)
+    window = LossWindow()
+    for batch in itertools.islice(stream, 2):
+        window.add(*t.train_step(batch))
+    assert window.read() == [True, True]
+    poisoned = []
+    t.model.register_forward_hook(lambda module, inputs, output: output * math.nan if poisoned else None)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for batch in itertools.islice(stream, 3):
+            window.add(*t.train_step(batch))
+        before = training_state(t)
+        poisoned.append(True)
+        window.add(*t.train_step(next(stream)))
+        after = training_state(t)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert window.read() == [True, True, True, False] and t.step == 6
+    assert all(torch.equal(a, b) for a, b in zip(before, after))
+    assert t.ema.num_updates == 6
+
+
+def test_compiled_training_steps_match_eager(tmp_path):
+    """Same weights, batches, timesteps and noise: the compiled step's loss and gradient norm within 1e-4 of eager's
+    at each of four steps (at the first only the zero-initialised output layer has gradients, then all layers)."""
+    torch._dynamo.reset()  # compiled here, under reproducible(), whatever an earlier test compiled
+    with reproducible():
+        eager, compiled = trainer(tmp_path / "eager"), trainer(tmp_path / "compiled", compile=True)
+        assert compiled.train_model is not compiled.model
+        for seed in range(4):
+            batch = images(seed=seed)
+            (loss_e, norm_e), (loss_c, norm_c) = eager.train_step(batch), compiled.train_step(batch)
+            torch.testing.assert_close(loss_c, loss_e, rtol=1e-4, atol=1e-6)
+            torch.testing.assert_close(norm_c, norm_e, rtol=1e-4, atol=1e-6)
+
+
+def test_a_compiled_run_resumes_exactly(tmp_path):
+    """Four compiled steps in one go, against two, a checkpoint, and two more in a new compiled trainer resumed from
+    it: weights, EMA, optimiser state, LR schedule and step agree bit for bit, and the checkpoint names the network's
+    weights, not the compiled wrapper's (``_orig_mod.``)."""
+    batches = [images(seed=seed) for seed in range(4)]
+    (tmp_path / "resumed").mkdir()
+    with reproducible():
+        whole = trainer(tmp_path / "whole", compile=True)
+        for batch in batches:
+            whole.train_step(batch)
+        first = trainer(tmp_path / "resumed", compile=True)
+        for batch in batches[:2]:
+            first.train_step(batch)
+        first.save()
+        path, state = load_latest(tmp_path / "resumed")
+        assert path.name == "ckpt-00000002.pt" and not any("_orig_mod" in name for name in state["model"])
+        resumed = trainer(tmp_path / "resumed", state, compile=True)
+        for batch in batches[2:]:
+            resumed.train_step(batch)
+    a, b = whole.state_dict(), resumed.state_dict()
+    assert (a["step"], a["skipped_steps"], a["scheduler"]) == (b["step"], b["skipped_steps"], b["scheduler"])
+    assert a["ema"]["num_updates"] == b["ema"]["num_updates"] == 4
+    for key in ("model", "ema"):
+        tensors = (a[key], b[key]) if key == "model" else (a[key]["model"], b[key]["model"])
+        assert tensors[0].keys() == tensors[1].keys()
+        assert all(torch.equal(tensors[0][name], tensors[1][name]) for name in tensors[0]), key
+    for index, values in a["optimizer"]["state"].items():
+        assert all(torch.equal(value, b["optimizer"]["state"][index][name]) for name, value in values.items())

@@ -24,22 +24,29 @@ def test_due(step, every, expected):
     assert due(step, every) is expected
 
 
+def _step(window: LossWindow, loss: float, grad_norm: float, seconds: float) -> None:
+    window.add(torch.tensor(loss), torch.tensor(grad_norm))
+    window.add_seconds(seconds)
+
+
 def test_loss_window_averages_the_finite_steps_and_counts_every_second():
     window = LossWindow()
-    window.add(0.5, 1.0)
-    window.add(None, 1.0)  # a skipped step: its time counts, its loss does not
-    window.add(0.25, 2.0)
-    loss, rate = window.close(batch_size=8)
-    assert loss == 0.375
-    assert rate == 2 * 8 / 4.0
-    assert (window.steps, window.seconds, window.loss) == (0, 0.0, 0.0)  # afresh
+    _step(window, 0.5, 2.0, 1.0)
+    _step(window, 0.7, math.nan, 1.0)  # a skipped step (its norm NaN): its time counts, its loss and norm do not
+    assert window.read() == [True, False]  # the flags of the steps since the last read, oldest first
+    _step(window, 0.25, 1.0, 2.0)
+    assert window.read() == [True] and window.read() == []
+    loss, rate, grad_norm = window.close(batch_size=8)
+    assert (loss, rate, grad_norm) == (0.375, 2 * 8 / 4.0, 1.5)
+    assert (window.steps, window.seconds, window.loss, window.grad_norm) == (0, 0, 0, 0)  # afresh
 
 
 def test_loss_window_of_skipped_steps_only_is_nan():
     window = LossWindow()
-    window.add(None, 1.0)
-    loss, rate = window.close(batch_size=8)
-    assert math.isnan(loss) and rate == 0.0
+    _step(window, math.inf, math.nan, 1.0)
+    assert window.read() == [False]
+    loss, rate, grad_norm = window.close(batch_size=8)
+    assert math.isnan(loss) and math.isnan(grad_norm) and rate == 0.0
 
 
 def test_bad_steps_stop_after_more_than_the_limit_in_a_row_naming_the_last_checkpoint():

@@ -29,12 +29,15 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from conftest import TINY, TinyRun
+from conftest import TINY, TinyRun, training_state
 from ddpm.checkpoint import list_checkpoints, load_checkpoint
 from ddpm.cli import main
 from ddpm.config import make_config
+from ddpm.data import TrainingData
 from ddpm.diffusion import GaussianDiffusion
+from ddpm.distributed import DistInfo
 from ddpm.errors import ConfigError
+from ddpm.train import Trainer
 from ddpm.unet import UNet
 
 DDPM = [sys.executable, "-m", "ddpm"]
@@ -364,6 +367,63 @@ def test_non_finite_steps_are_skipped_counted_then_stop_the_run(cli, cifar_dir, 
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert final["step"] == stop + 2
     assert final["skipped_steps"] == sum(math.isnan(r["loss"]) for r in records) >= 2
+
+
+# Every way ddpm's code could read a tensor's value back to the host, i.e. wait for the device.
+HOST_READS = ("item", "tolist", "__bool__", "__float__", "__int__")
+
+
+@pytest.mark.parametrize("optimizer", ["fused-adamw", "adamw", "lion"])
+def test_a_nan_step_changes_nothing_and_only_sync_points_read_the_device(optimizer, tmp_path, monkeypatch):
+    """Six steps of the real loop with sync points after steps 3 (logging), 5 (--sync-every) and 6 (the last); the
+    fourth step's loss is made NaN by a forward hook. That step leaves weights, optimiser state and EMA exactly as
+    they were, and is counted at the next sync point, not before; the window of steps 4-6 averages the other two.
+
+    Host reads by ddpm's code are observed (the tensor methods wrapped, their results unchanged): fused AdamW, CUDA's
+    optimiser, is built here on the CPU and takes the skip decision on the device, so only the sync points read;
+    Lion and foreach AdamW (the CPU's) read the decision once per step as well, and nothing else does."""
+    run = tmp_path / "run"
+    run.mkdir()
+    config = make_config("tiny", {"train": {
+        "save_model": str(run), "device": "cpu", "batch_size": 4, "total_steps": 6, "logging_steps": 3,
+        "sync_every": 5, "checkpoint_every": 6, "sample_every": 0, "optimizer": optimizer.removeprefix("fused-")}})
+    trainer = Trainer(config, DistInfo(0, 0, 1, torch.device("cpu")), log=lambda *a, **k: None)
+    if optimizer == "fused-adamw":  # what make_optimizer builds on CUDA
+        t = config.train
+        trainer.optimizer = torch.optim.AdamW(trainer.model.parameters(), lr=t.lr, weight_decay=t.weight_decay,
+                                              fused=True)
+        trainer.scheduler = torch.optim.lr_scheduler.LambdaLR(trainer.optimizer, trainer.scheduler.lr_lambdas[0])
+    images = torch.randint(0, 256, (16, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+
+    seen: dict[int, tuple[list[torch.Tensor], int]] = {}  # step -> (training state, skipped steps) as it began
+
+    def poison_the_fourth_step(module, inputs, output):
+        seen[trainer.step] = training_state(trainer), trainer.skipped
+        return output * math.nan if trainer.step == 3 else None
+
+    trainer.model.register_forward_hook(poison_the_fourth_step)
+    reads: list[int] = []  # the step count at each host read made by ddpm's code
+    for name in HOST_READS:
+        def observed(tensor, *args, _original=getattr(torch.Tensor, name), **kwargs):
+            if sys._getframe(1).f_globals.get("__name__", "").startswith("ddpm."):
+                reads.append(trainer.step)
+            return _original(tensor, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, name, observed)
+    assert trainer.run(TrainingData("random images", images=images)) is None
+    monkeypatch.undo()
+
+    assert trainer.step == 6 and trainer.skipped == 1 and trainer.ema.num_updates == 6  # the EMA counts it too
+    (first, _), (before, _), (after, skipped_then) = seen[0], seen[3], seen[4]
+    assert not all(torch.equal(a, b) for a, b in zip(first, before))  # the finite steps trained
+    assert all(torch.equal(a, b) for a, b in zip(before, after))  # the NaN step changed not a bit
+    assert skipped_then == 0 and seen[5][1] == 1  # counted at the sync point after step 5
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["step"], r["skipped_steps"]) for r in records] == [(3, 0), (6, 1)]
+    assert all(math.isfinite(r["loss"]) and math.isfinite(r["grad_norm"]) for r in records)
+    assert load_checkpoint(run / "ckpt-00000006.pt")["skipped_steps"] == 1
+    sync_points = [3, 5, 6]
+    assert sorted(reads) == sorted(sync_points + ([] if optimizer == "fused-adamw" else list(range(6))))
 
 
 # ------------------------------------------------------------------------------------------------ bad images

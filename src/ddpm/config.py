@@ -199,10 +199,15 @@ class TrainConfig:
                                 "dropout, Ho & Salimans 2021), so that one network is also unconditional",
                            bound="[0, 1]")
     max_time: float = _opt(0.0, "stop cleanly after this much wall-clock time of this invocation, with a checkpoint "
-                                "and a sample grid (e.g. 2h, 90m, 1h30m, 45s, or seconds; 0: no limit); --resume "
-                                "continues the run", type=parse_duration,
-                                metavar="DURATION", resume=True, bound="non_negative")
+                                "and a sample grid (e.g. 2h, 90m, 1h30m, 45s, or seconds; 0: no limit; checked every "
+                                "--sync-every steps, so a run may go over by that many); --resume continues the run",
+                           type=parse_duration, metavar="DURATION", resume=True, bound="non_negative")
     logging_steps: int = _opt(1000, "write metrics every this many steps", resume=True, bound="positive")
+    sync_every: int = _opt(
+        10, "wait for the device only every this many steps (and at each logging, checkpoint, sample-grid and FID "
+            "step), the host queueing steps in between: only then are non-finite steps counted and every rank "
+            "asked for the time budget and SIGINT/SIGTERM, so --max-time may go over, and a signal's checkpoint come, "
+            "up to this many steps late", resume=True, bound="positive")
     checkpoint_every: int = _opt(50_000, "save a checkpoint every this many steps", flag="--checkpoint",
                                  resume=True, bound="positive")
     keep_checkpoints: int = _opt(3, "keep the newest K checkpoints", resume=True, bound="positive")

@@ -101,6 +101,14 @@ class StepBatches:
         return self._perm[start:start + self.batch // self.world]
 
 
+def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A small CPU ``tensor`` on ``device``, copied without the host waiting for the device: on CUDA through pinned
+    memory (a copy from pageable memory may wait for the device's queue to drain; torch waits for a blocking one)."""
+    if device.type == "cuda":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)
+
+
 class _StepSampler(torch.utils.data.Sampler):
     def __init__(self, batches: StepBatches, start: int, stop: int):
         self.batches, self.start, self.stop = batches, start, stop
@@ -116,12 +124,12 @@ class _StepSampler(torch.utils.data.Sampler):
 def iterate_batches(data: TrainingData, batches: StepBatches, start: int, stop: int, device: torch.device,
                     num_workers: int = 0) -> Iterator:
     """uint8 batches (local to this rank) for steps ``start .. stop-1``, on ``device``; for labelled data, pairs
-    (images, int64 labels)."""
+    (images, int64 labels). After the first batch the host never waits for the device here."""
     if data.images is not None:
         images = data.images.to(device)  # CIFAR-sized data lives on the device: no loader, no copies per step
         labels = data.labels.to(device) if data.labels is not None else None
         for step in range(start, stop):
-            index = batches.indices(step).to(device)
+            index = to_device(batches.indices(step), device)
             yield images[index] if labels is None else (images[index], labels[index])
         return
     loader = DataLoader(data.dataset, batch_sampler=_StepSampler(batches, start, stop), num_workers=num_workers,

@@ -46,11 +46,20 @@ class EMA:
         return warmup_decay(self.num_updates, self.decay, self.warmup, self.power)
 
     @torch.no_grad()
-    def update(self, model: nn.Module) -> None:
-        weight = 1.0 - self.current_decay()
+    def update(self, model: nn.Module, taken: torch.Tensor) -> None:
+        """Average ``model``'s weights in after an optimiser step; ``taken``, a 0-d bool tensor on their device, says
+        whether that step was taken.
+
+        A skipped step (``taken`` False) updates with weight 0, which leaves the average exactly as it was, decided
+        on the device: no host read, and the same one pass over the weights as a taken step. (On CUDA a tensor
+        weight takes ``_foreach_lerp_``'s per-tensor path, one kernel per parameter tensor.) :attr:`num_updates`
+        counts skipped steps too, so that the host knows d_n without reading the flag: the warm-up follows the
+        optimiser steps attempted.
+        """
+        weight = taken.float() * (1.0 - self.current_decay())  # rounded to float32 as a Python float weight is; or 0
         shadow = list(self.model.parameters())
         params = [p.detach().float() for p in model.parameters()]
-        torch._foreach_lerp_(shadow, params, weight)
+        torch._foreach_lerp_(shadow, params, [weight] * len(shadow))
         for shadow_buffer, buffer in zip(self.model.buffers(), model.buffers()):
             shadow_buffer.copy_(buffer)
         self.num_updates += 1

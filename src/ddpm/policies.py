@@ -4,6 +4,9 @@
 every ``--logging-steps``, :class:`BadSteps` stops a run that keeps producing non-finite steps, :class:`TimeBudget`
 ends it at ``--max-time`` on every rank at once, :class:`Progress` draws the bar (steps, or the time budget),
 :class:`StopSignal` turns SIGINT/SIGTERM into a save-and-stop, and :func:`due` says when a periodic job is due.
+What needs the device's numbers or the other ranks (:meth:`LossWindow.read`, :class:`BadSteps`, :class:`TimeBudget`,
+:class:`StopSignal`) is asked only at the loop's sync points: every ``--sync-every`` steps and at each logging,
+checkpoint, grid and FID step.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+import torch
 from tqdm.auto import tqdm
 
 from ddpm.distributed import DistInfo, any_rank
@@ -28,24 +32,49 @@ def due(step: int, every: int) -> bool:
 
 
 class LossWindow:
-    """Loss and throughput over the steps since the last log line; skipped (non-finite) steps add time only."""
+    """Mean loss, mean gradient norm and throughput over the steps since the last log line; skipped (non-finite)
+    steps add time only.
+
+    A step's loss and gradient norm stay on the device: :meth:`add` sums them there, and :meth:`read`, at a sync
+    point of the loop, brings the sums and each step's finite flag to the host in one transfer, the loop's one wait
+    for the device. The host adds the sums of successive reads in double precision.
+    """
 
     def __init__(self):
-        self.loss, self.steps, self.seconds = 0.0, 0, 0.0
+        self.loss, self.grad_norm, self.steps, self.seconds = 0.0, 0.0, 0, 0.0
+        self._sums: torch.Tensor | None = None  # (loss, gradient norm) summed over the finite steps not yet read
+        self._finite: list[torch.Tensor] = []  # whether each step not yet read was finite (0-d bool tensors)
 
-    def add(self, loss: float | None, seconds: float) -> None:
-        """One step that took ``seconds``; ``loss`` None for a skipped step."""
+    def add(self, loss: torch.Tensor, grad_norm: torch.Tensor) -> None:
+        """One step's loss and gradient norm, 0-d tensors on the device; the norm is NaN for a skipped step."""
+        finite = torch.isfinite(grad_norm)
+        values = torch.where(finite, torch.stack((loss.detach().float(), grad_norm.float())), 0.0)
+        self._sums = values if self._sums is None else self._sums + values
+        self._finite.append(finite)
+
+    def add_seconds(self, seconds: float) -> None:
         self.seconds += seconds
-        if loss is not None:
-            self.loss += loss
-            self.steps += 1
 
-    def close(self, batch_size: int) -> tuple[float, float]:
-        """(mean loss, images per second) of the window, which starts afresh; the loss is NaN if all were skipped."""
-        mean = self.loss / self.steps if self.steps else float("nan")
+    def read(self) -> list[bool]:
+        """Whether each step added since the last read was finite, oldest first; their sums join the window's."""
+        if not self._finite:
+            return []
+        values = torch.cat((self._sums, torch.stack(self._finite).to(self._sums.dtype))).tolist()
+        finite = [flag == 1.0 for flag in values[2:]]
+        self.loss += values[0]
+        self.grad_norm += values[1]
+        self.steps += sum(finite)
+        self._sums, self._finite = None, []
+        return finite
+
+    def close(self, batch_size: int) -> tuple[float, float, float]:
+        """(mean loss, images per second, mean gradient norm) of the steps read so far, and a fresh window; the
+        means are NaN if all of them were skipped."""
+        loss, grad_norm = ((self.loss / self.steps, self.grad_norm / self.steps) if self.steps
+                           else (float("nan"), float("nan")))
         rate = self.steps * batch_size / max(self.seconds, 1e-9)
         self.__init__()
-        return mean, rate
+        return loss, rate, grad_norm
 
 
 class BadSteps:
@@ -134,8 +163,8 @@ class StopSignal:
             print("\nreceived SIGINT again: quitting without saving", file=sys.stderr, flush=True)
             os._exit(128 + signum)
         self.signum = signum
-        print(f"\nreceived {signal.Signals(signum).name}: saving a checkpoint at the end of this step "
-              "(press Ctrl-C again to quit without saving)", file=sys.stderr, flush=True)
+        print(f"\nreceived {signal.Signals(signum).name}: saving a checkpoint at the next sync point (within "
+              "--sync-every steps; press Ctrl-C again to quit without saving)", file=sys.stderr, flush=True)
 
     def requested(self, dist: DistInfo) -> int | None:
         """The signal that asked to stop, on any rank (SIGTERM stands for another rank's), else None."""

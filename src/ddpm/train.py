@@ -28,7 +28,7 @@ from ddpm.checkpoint import list_checkpoints, load_latest, save_checkpoint
 from ddpm.config import (
     RunConfig, config_field, flag_name, format_duration, make_config, may_change_on_resume, replace,
 )
-from ddpm.data import StepBatches, derive_seed, iterate_batches, open_training_data, to_model_range
+from ddpm.data import StepBatches, derive_seed, iterate_batches, open_training_data, to_device, to_model_range
 from ddpm.diffusion import GaussianDiffusion
 from ddpm.distributed import DistInfo, amp_dtype, autocast, barrier, cleanup, init_distributed
 from ddpm.ema import EMA
@@ -158,9 +158,15 @@ class Trainer:
         return path
 
     # ---------------------------------------------------------------------------------------------- one step
-    def train_step(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> tuple[torch.Tensor, float]:
+    def train_step(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """One optimisation step on a uint8 batch (with its int64 labels for a class-conditional network); returns
-        (loss, gradient norm). Non-finite steps are skipped."""
+        (loss, gradient norm) as 0-d tensors on the device, the norm NaN for a skipped step.
+
+        A step whose loss or gradient norm is not finite is skipped: weights, optimiser state and EMA stay exactly as
+        they were, while the LR schedule, the step count and the EMA's update count move on. The decision is a device
+        tensor, so the step never waits for the device where the optimiser takes it as one (see
+        :meth:`_optimizer_step`); the loop reads it back at its next sync point.
+        """
         t = self.config.train
         self.generator.manual_seed(derive_seed(t.seed, self.step, self.dist.rank))
         torch.manual_seed(derive_seed(t.seed, self.step, self.dist.rank, 1))  # dropout
@@ -176,18 +182,37 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.unscale_(self.optimizer)
-        max_norm = t.grad_clip if t.grad_clip > 0 else float("inf")
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm, foreach=True).item()
-        finite = math.isfinite(grad_norm) and math.isfinite(loss.item())
-        if finite or self.scaler.is_enabled():
-            # With fp16 the scaler itself skips steps whose gradients overflowed and lowers its scale.
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-        if finite:
-            self.ema.update(self.model)
+        if t.grad_clip > 0:
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip, foreach=True)
+        else:  # the norm alone: clipping at infinity would multiply every gradient by 1
+            grad_norm = torch.nn.utils.get_total_norm([p.grad for p in self.model.parameters() if p.grad is not None],
+                                                      foreach=True)
+        finite = torch.isfinite(grad_norm) & torch.isfinite(loss)
+        self._optimizer_step(finite)
+        self.ema.update(self.model, finite)
         self.scheduler.step()
         self.step += 1
-        return loss.detach(), grad_norm if finite else float("nan")
+        return loss.detach(), torch.where(finite, grad_norm, torch.nan)
+
+    def _optimizer_step(self, finite: torch.Tensor) -> None:
+        """The optimiser step, taken only if ``finite`` (a 0-d bool tensor on the device).
+
+        With fp16 the gradient scaler decides, as it always has: it skips steps whose gradients overflowed (and lowers
+        its scale). Fused AdamW (the CUDA default) is given the decision on the device as ``found_inf``, the input
+        GradScaler feeds fused optimisers: at 1.0 its kernel leaves weights and moments alone and its step counts go
+        back, with no host read. Lion and AdamW's foreach implementation (CPUs, MPS) have no such input and no exact
+        device-side equivalent, so the flag is read on the host, one read per step: free on a CPU, a wait for the
+        device elsewhere.
+        """
+        if self.scaler.is_enabled():
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        elif getattr(self.optimizer, "_step_supports_amp_scaling", False):
+            self.optimizer.found_inf = (~finite).float()
+            self.optimizer.step()
+            del self.optimizer.found_inf
+        elif finite.item():
+            self.optimizer.step()
 
     # ---------------------------------------------------------------------------------------------- the run
     def run(self, data, started: float | None = None) -> int | None:
@@ -195,6 +220,11 @@ class Trainer:
 
         Returns the signal number if stopped by SIGINT/SIGTERM, else None; :attr:`out_of_time` says whether the
         time budget ended the run. Either way the last step is checkpointed and, unless sample grids are off, drawn.
+
+        Between sync points (:meth:`sync_point`) the loop only queues work on the device; at one it reads the steps'
+        results back (counting skipped steps, stopping after too many in a row), asks every rank for the time budget
+        and a stop signal, and runs what is due: logging, a grid, FID, a checkpoint. So the budget and a signal take
+        effect up to ``sync_every`` steps late, and every checkpoint is written at a sync point.
         """
         t, main = self.config.train, self.dist.is_main
         budget = TimeBudget(t.max_time, time.monotonic() if started is None else started, self.dist)
@@ -208,15 +238,21 @@ class Trainer:
             with StopSignal() as stop:
                 step_start = time.perf_counter()
                 for batch in iterate_batches(data, batches, self.step, t.total_steps, self.device, t.num_workers):
-                    loss, grad_norm = self.train_step(*batch) if isinstance(batch, tuple) else self.train_step(batch)
-                    finite = math.isfinite(grad_norm)
+                    window.add(*(self.train_step(*batch) if isinstance(batch, tuple) else self.train_step(batch)))
+                    sync = self.sync_point()
+                    if sync:  # waits for the device, so that the time of the steps queued is counted
+                        self._count_skipped(window.read(), bad_steps)
                     seconds = time.perf_counter() - step_start  # data + step; sampling and saving excluded
                     self.elapsed += seconds
-                    window.add(loss.item() if finite else None, seconds)
-                    self.skipped += not finite
-                    bad_steps.observe(finite, self.step, self.last_checkpoint)
-                    if due(self.step, t.logging_steps) and main:
-                        self._log_metrics(writer, progress, *window.close(t.batch_size), grad_norm)
+                    window.add_seconds(seconds)
+                    if not sync:
+                        progress.advance(False)
+                        step_start = time.perf_counter()
+                        continue
+                    if due(self.step, t.logging_steps):
+                        metrics = window.close(t.batch_size)
+                        if main:
+                            self._log_metrics(writer, progress, *metrics)
                     self.out_of_time = budget.spent()
                     progress.advance(self.out_of_time)
                     ending = self.step == t.total_steps or self.out_of_time
@@ -240,6 +276,23 @@ class Trainer:
                 writer.close()
         return stopped
 
+    def sync_point(self) -> bool:
+        """Whether the loop reads the device back after this step: every ``sync_every`` steps, at every step that
+        logs, draws a grid, scores FID or saves, and at the last one. Ranks agree, since it depends on the step
+        alone."""
+        t = self.config.train
+        return (self.step == t.total_steps
+                or any(due(self.step, every) for every in (t.sync_every, t.logging_steps, t.checkpoint_every,
+                                                           t.sample_every, t.fid_every)))
+
+    def _count_skipped(self, finite: list[bool], bad_steps: BadSteps) -> None:
+        """Count the skipped ones among the steps that ended at this one (``finite``, oldest first) and let
+        ``bad_steps`` stop the run, naming the step at which too many in a row were reached."""
+        first = self.step - len(finite) + 1
+        for i, ok in enumerate(finite):
+            self.skipped += not ok
+            bad_steps.observe(ok, first + i, self.last_checkpoint)
+
     def last_checkpoint(self) -> Path | None:
         found = list_checkpoints(self.run_dir)
         return found[-1] if found else None
@@ -250,6 +303,8 @@ class Trainer:
         return SummaryWriter(str(self.run_dir / "tensorboard"))
 
     def _log_metrics(self, writer, progress: Progress, loss: float, rate: float, grad_norm: float) -> None:
+        """One metrics.jsonl line and the TensorBoard scalars: mean loss and gradient norm over the window's finite
+        steps, its img/s, the LR and the skipped steps so far."""
         lr = self.scheduler.get_last_lr()[0]
         record = {"step": self.step, "loss": loss, "lr": lr, "grad_norm": grad_norm, "images_per_sec": rate,
                   "train_sec": self.elapsed, "skipped_steps": self.skipped}
@@ -320,7 +375,7 @@ class Trainer:
 def drop_labels(labels: torch.Tensor, p_uncond: float, num_classes: int, generator: torch.Generator) -> torch.Tensor:
     """Label dropout (Ho & Salimans 2021): each label replaced by "no class" (``num_classes``) with probability
     ``p_uncond``, drawn on the CPU from ``generator``, so that one network learns eps(x, c) and eps(x)."""
-    drop = (torch.rand(labels.shape[0], generator=generator) < p_uncond).to(labels.device)
+    drop = to_device(torch.rand(labels.shape[0], generator=generator) < p_uncond, labels.device)
     return torch.where(drop, torch.full_like(labels, num_classes), labels)
 
 
