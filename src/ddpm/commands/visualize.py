@@ -99,14 +99,7 @@ def register(subparsers) -> None:
     loss = add("loss-vs-t", "a checkpoint's training loss per timestep bucket on held-out images, printed and "
                "plotted", "loss_vs_t.png")
     add_checkpoint(loss)
-    loss.add_argument("--data-dir", default=None, metavar="PATH",
-                      help="held-out images: CIFAR-10 pickles (see --split), a folder or a .zip/.tar(.gz) of images; "
-                           "None: CIFAR-10 in ./data (downloaded if absent)")
-    loss.add_argument("--split", choices=("test", "train"), default="test",
-                      help="CIFAR-10 split; for a folder or archive, only files below a folder of this name when "
-                           "there are any (e.g. test/ of the CIFAR-10 JPEG archive), else all files")
-    loss.add_argument("--num-images", type=positive_int, default=512, metavar="N",
-                      help="images evaluated, spread evenly over the source")
+    add_image_source(loss, 512, "held-out images evaluated")
     loss.add_argument("--buckets", type=positive_int, default=10, help="equal-width timestep buckets")
     loss.add_argument("--batch-size", type=positive_int, default=128, help="images per forward pass")
     loss.add_argument("--seed", type=int, default=0, help="seed of t and eps, so checkpoints compare on the same draws")
