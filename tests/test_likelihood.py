@@ -17,7 +17,7 @@ from conftest import MINI_MODEL, write_model_file, write_png_folder
 from ddpm.config import ModelConfig
 from ddpm.diffusion import GaussianDiffusion
 from ddpm.likelihood import (bound_terms, bound_weight, discretized_gaussian_log_likelihood, normal_kl,
-                             reverse_variance, summarize)
+                             reverse_variance, summarize, terms_under_variance, to_bits_per_dim)
 from ddpm.unet import UNet
 
 LEVELS = torch.arange(256, dtype=torch.float64) / 127.5 - 1  # the 256 pixel levels on [-1, 1]
@@ -223,6 +223,24 @@ def test_bound_equals_the_float64_reference_term_by_term(prediction, variance):
     assert summary.bits_per_dim == pytest.approx(per_image_bpd.mean(), rel=1e-6)
     assert summary.stderr == pytest.approx(per_image_bpd.std(ddof=1) / 2, rel=1e-6)
     assert summary.bits_per_dim == pytest.approx(summary.prior_bpd + summary.kl_bpd + summary.decoder_bpd, rel=1e-12)
+
+
+@pytest.mark.parametrize("source,target", [("fixed_large", "fixed_small"), ("fixed_small", "fixed_large")])
+def test_terms_under_the_other_variance_equal_a_pass_with_it(source, target):
+    """The variance does not change the network's mean, so each term under one variance follows from the term under
+    the other (eq. 8 rearranged): the converted terms equal a second pass with the same noise, image by image."""
+    T = 6
+    passes = {}
+    for variance in (source, target):
+        diffusion = GaussianDiffusion(T, 0.02, 0.6, variance=variance)
+        bound = bound_terms(TinyNet(T), diffusion, four_images(), [torch.Generator().manual_seed(s) for s in range(4)])
+        passes[variance] = to_bits_per_dim(bound.terms, bound.dims)
+    assert not torch.allclose(passes[source][:, 1:], passes[target][:, 1:], rtol=1e-3)  # the variance does matter
+    converted = terms_under_variance(passes[source], diffusion, source, target)
+    torch.testing.assert_close(converted, passes[target], rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(converted[:, 0], passes[source][:, 0], rtol=0, atol=0)  # the decoder: beta-tilde_1 in both
+    torch.testing.assert_close(terms_under_variance(passes[source].mean(0), diffusion, source, target),
+                               passes[target].mean(0), rtol=1e-10, atol=1e-12)  # linear: means convert too
 
 
 def test_bound_of_an_image_depends_on_its_seed_not_its_batch():

@@ -60,14 +60,36 @@ def discretized_gaussian_log_likelihood(x: torch.Tensor, mean: torch.Tensor, var
                        torch.where(x > EDGE, torch.special.log_ndtr(-lower), inner))
 
 
-def reverse_variance(schedule: NoiseSchedule) -> torch.Tensor:
+def reverse_variance(schedule: NoiseSchedule, variance: str | None = None) -> torch.Tensor:
     """sigma_t^2 of p_theta(x_{t-1} | x_t) for every code timestep t (float64, length T): beta_t for "fixed_large",
-    beta-tilde_t for "fixed_small", and beta-tilde_1 at t = 0 for both (beta-tilde_0 = 0 would make the decoder a
-    point mass)."""
-    variance = schedule.betas if schedule.variance == "fixed_large" else schedule.posterior_variance
-    variance = variance.clone()
-    variance[0] = schedule.posterior_variance[1]
-    return variance
+    beta-tilde_t for "fixed_small" (``variance``, default: the schedule's own), and beta-tilde_1 at t = 0 for both
+    (beta-tilde_0 = 0 would make the decoder a point mass)."""
+    variance = schedule.variance if variance is None else variance
+    sigma2 = (schedule.betas if variance == "fixed_large" else schedule.posterior_variance).clone()
+    sigma2[0] = schedule.posterior_variance[1]
+    return sigma2
+
+
+def terms_under_variance(terms_bpd: torch.Tensor | Sequence[float], schedule: NoiseSchedule, source: str, target: str) -> torch.Tensor:
+    """The bound's terms (bits/dim, last axis = code timestep t, as ``BoundSummary.terms_bpd`` or per image) with the
+    reverse variance ``target`` instead of ``source``, exactly and without the network.
+
+    The variance is not learnt, so it does not change the network's mean mu_theta; per dimension (eq. 8's KL between
+    Gaussians, with q's variance beta-tilde_t and S the summed squared distance of the means)
+
+        L_{t-1}(sigma^2) = D k(sigma^2) + S / (2 sigma^2),   k(sigma^2) = (log(sigma^2 / beta-tilde_t) + beta-tilde_t / sigma^2 - 1) / 2,
+
+    so S follows from the terms under one variance and gives those under the other: a constant k (0 for
+    beta-tilde_t) plus the mean error rescaled by sigma_source^2 / sigma_target^2. The decoder (t = 0) and the prior
+    use beta-tilde_1 and no variance at all either way, so they are unchanged. The identity holds image by image and
+    for means over images, since it is linear."""
+    beta_tilde = schedule.posterior_variance[1:]
+    s1, s2 = reverse_variance(schedule, source)[1:], reverse_variance(schedule, target)[1:]
+    k1 = 0.5 * (torch.log(s1 / beta_tilde) + beta_tilde / s1 - 1) / math.log(2)
+    k2 = 0.5 * (torch.log(s2 / beta_tilde) + beta_tilde / s2 - 1) / math.log(2)
+    terms = torch.as_tensor(terms_bpd, dtype=torch.float64).clone()
+    terms[..., 1:] = k2 + (s1 / s2) * (terms[..., 1:] - k1)
+    return terms
 
 
 def bound_weight(schedule: NoiseSchedule, variance: str | None = None) -> torch.Tensor:
