@@ -311,13 +311,16 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             ema_decay=0.9999, total_steps=800_000, lr_schedule="constant",
         ),
     },
-    # The CPU recipe (issue 10): the best sample quality per CPU-hour among the candidates compared on a 2-core CPU
-    # in docs/benchmarks.md. A 1.4M-parameter network, bf16 autocast, many small AdamW steps; power EMA warm-up.
+    # The CPU recipe: the best sample quality per CPU-hour among the candidates compared on a 2-core CPU in
+    # docs/benchmarks.md. A 1.4M-parameter network, bf16 autocast, many small AdamW steps; power EMA warm-up (issue
+    # 10); v-prediction with min-SNR-5 weighting, 30 FID ahead of eps/uniform at 30 and 60 minutes (issue 18).
     "cpu": {
         "model": dict(nf=32, ch_mult=(1, 2, 2), attn_resolutions=(8,), norm_groups=8, time_emb_dim=64, dropout=0.0),
+        "diffusion": dict(prediction="v"),
         "train": dict(
             optimizer="adamw", lr=5e-4, batch_size=64, warmup_steps=200, total_steps=1_000_000, amp=True,
             logging_steps=100, checkpoint_every=1000, sample_every=1000, sample_steps=50, num_workers=0,
+            loss_weight="min-snr",
         ),
     },
     # A few hundred thousand parameters: CPU smoke runs, tests and the tutorial.
