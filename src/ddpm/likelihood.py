@@ -85,10 +85,12 @@ def terms_under_variance(terms_bpd: torch.Tensor | Sequence[float], schedule: No
     for means over images, since it is linear."""
     beta_tilde = schedule.posterior_variance[1:]
     s1, s2 = reverse_variance(schedule, source)[1:], reverse_variance(schedule, target)[1:]
-    k1 = 0.5 * (torch.log(s1 / beta_tilde) + beta_tilde / s1 - 1) / math.log(2)
-    k2 = 0.5 * (torch.log(s2 / beta_tilde) + beta_tilde / s2 - 1) / math.log(2)
+
+    def k(sigma2: torch.Tensor) -> torch.Tensor:  # in bits/dim
+        return 0.5 * (torch.log(sigma2 / beta_tilde) + beta_tilde / sigma2 - 1) / math.log(2)
+
     terms = torch.as_tensor(terms_bpd, dtype=torch.float64).clone()
-    terms[..., 1:] = k2 + (s1 / s2) * (terms[..., 1:] - k1)
+    terms[..., 1:] = k(s2) + (s1 / s2) * (terms[..., 1:] - k(s1))
     return terms
 
 

@@ -83,8 +83,8 @@ def measure(args: argparse.Namespace) -> dict:
                                      progress=lambda t, n=len(batch): bar.update(n)))
     summary = summarize(parts)
     record = {"model": str(loaded.source), "step": loaded.step, "weights": loaded.weights, "data": description,
-              "timesteps": T, "variance": loaded.diffusion.variance, "seed": args.seed, "amp": args.amp, "device": str(device),
-              "wall_sec": time.perf_counter() - start, **summary.to_dict()}
+              "timesteps": T, "variance": loaded.diffusion.variance, "seed": args.seed, "amp": args.amp,
+              "device": str(device), "wall_sec": time.perf_counter() - start, **summary.to_dict()}
     if summary.num_images < 2:  # one image: no standard error, null rather than NaN in JSON
         record["stderr"] = None
     return record
