@@ -327,14 +327,18 @@ def test_grayscale_data_trains_and_samples(cli, tmp_path):
 
 
 def test_sample_by_name_and_index_cycles_through_the_classes(cli, cond_run, tmp_path):
-    """Image i gets the (i mod 2)-th class of --class; the same seeds with the list swapped swap dark and bright."""
+    """Image i gets the (i mod 2)-th class of --class; the same seeds with the list swapped swap dark and bright.
+    The .npz carries the labels as ``arr_1`` beside the images (as guided-diffusion's sampler writes them)."""
     brightness = {}
-    for name, classes in (("a", "dark,0"), ("b", "0,dark")):
+    for name, classes, labels in (("a", "dark,0", [1, 0, 1, 0]), ("b", "0,dark", [0, 1, 0, 1])):
         code, out, err = cli("sample", "--load-model", cond_run, "--num-samples", 4, "--sampler", "ddim",
                              "--sampling-steps", 10, "--class", classes, "--guidance-scale", 2, "--device", "cpu",
-                             "--output-dir", tmp_path / name)
+                             "--output-dir", tmp_path / name, "--npz", tmp_path / f"{name}.npz")
         assert code == 0, err
         brightness[name] = [np.asarray(Image.open(tmp_path / name / f"{s:06d}.png")).mean() for s in range(4)]
+        npz = np.load(tmp_path / f"{name}.npz")
+        assert npz["arr_1"].dtype == np.int64 and npz["arr_1"].tolist() == labels
+        assert [image.mean() for image in npz["arr_0"]] == pytest.approx(brightness[name])
     assert "classes bright, dark, guidance scale 2" in out
     a, b = brightness["a"], brightness["b"]
     assert a[0] < b[0] and a[1] > b[1] and a[2] < b[2] and a[3] > b[3], brightness

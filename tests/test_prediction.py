@@ -5,7 +5,6 @@ must drive every sampler to the same images and to the data's mean and standard 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,12 +14,12 @@ from ddpm.cli import main
 from ddpm.config import RunConfig, make_config
 from ddpm.diffusion import GaussianDiffusion
 from ddpm.errors import ConfigError
+from ddpm.files import read_safetensors, safetensors_bytes
 from ddpm.model_io import load_model
 from ddpm.samplers import ddim_sample
 from ddpm.schedules import min_snr_weight, prediction_target, split_prediction
 
 MU, SIGMA = 0.1, 0.4  # the data: every pixel ~ N(MU, SIGMA^2), independent
-SHIPPED = Path(__file__).resolve().parents[1] / "models" / "ddpm-cifar10-cpu.safetensors"
 
 
 def reference_schedule(T: int) -> np.ndarray:
@@ -133,13 +132,20 @@ def test_min_snr_weights_at_chosen_timesteps():
     torch.testing.assert_close(min_snr_weight(snr, 5, "v"), torch.stack([5 / (snr[0] + 1), *(snr[1:] / (snr[1:] + 1))]))
 
 
-def test_an_old_config_without_the_new_fields_is_eps_and_uniform():
+def test_an_old_config_without_the_new_fields_is_eps_and_uniform(tmp_path):
     data = make_config("tiny").to_dict()
     del data["diffusion"]["prediction"], data["train"]["loss_weight"], data["train"]["min_snr_gamma"]
     config = RunConfig.from_dict(json.loads(json.dumps(data)))
     assert (config.diffusion.prediction, config.train.loss_weight, config.train.min_snr_gamma) == ("eps", "uniform", 5)
-    shipped = load_model(SHIPPED)  # exported before --prediction existed
-    assert shipped.diffusion.prediction == "eps" and shipped.config.train.loss_weight == "uniform"
+    from conftest import write_model_file
+
+    # A model file exported before --prediction existed (as the eps model shipped until issue 19 was) loads as eps.
+    tensors, metadata = read_safetensors(write_model_file(tmp_path / "new.safetensors"))
+    old = json.loads(metadata["config"])
+    del old["diffusion"]["prediction"], old["train"]["loss_weight"], old["train"]["min_snr_gamma"]
+    (tmp_path / "old.safetensors").write_bytes(safetensors_bytes(tensors, {**metadata, "config": json.dumps(old)}))
+    loaded = load_model(tmp_path / "old.safetensors")
+    assert loaded.diffusion.prediction == "eps" and loaded.config.train.loss_weight == "uniform"
 
 
 def test_bad_values_are_config_errors(capsys):

@@ -2,7 +2,7 @@
 
 Writes a grid (``--output``), a folder of PNGs named by seed (``--output-dir``; an interrupted job resumes by
 skipping the images already there) and/or an .npz of uint8 images (``--npz``, N x H x W x 3 under ``arr_0``, the
-format of OpenAI's evaluator). Under ``torchrun`` each rank draws its share of the seeds into ``--output-dir``.
+format of OpenAI's evaluator; a class-conditional model's labels under ``arr_1``, as guided-diffusion writes them). Under ``torchrun`` each rank draws its share of the seeds into ``--output-dir``.
 A class-conditional model draws the classes of ``--class`` (default: image i of class i mod K) with classifier-free
 guidance ``--guidance-scale`` (default: the model's recommended scale).
 """
@@ -75,8 +75,9 @@ def _check_outputs(args: argparse.Namespace) -> None:
 
 
 def _write_collections(args: argparse.Namespace, seeds: list[int], kept: dict[int, np.ndarray],
-                       folder: Path | None) -> None:
-    """--npz and the --output grid of all the images, read back from --output-dir when they went there."""
+                       folder: Path | None, labels: list[int] | None) -> None:
+    """--npz and the --output grid of all the images, read back from --output-dir when they went there; ``labels``
+    (a class-conditional model's, one per seed) go into the .npz as ``arr_1``."""
     from PIL import Image
     from torchvision.utils import save_image
 
@@ -92,7 +93,8 @@ def _write_collections(args: argparse.Namespace, seeds: list[int], kept: dict[in
                               f"{exc.strerror or exc}; delete it and run the command again to redraw it") from None
     images = np.stack([kept[s] for s in seeds])
     if args.npz:
-        atomic_write(Path(args.npz), lambda f: np.savez(f, arr_0=images))
+        arrays = {"arr_0": images} if labels is None else {"arr_0": images, "arr_1": np.asarray(labels, np.int64)}
+        atomic_write(Path(args.npz), lambda f: np.savez(f, **arrays))
     if args.output:
         grid = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255
         kind = Image.registered_extensions()[Path(args.output).suffix.lower()]
@@ -153,7 +155,8 @@ def run(args: argparse.Namespace) -> int:
         if not dist.is_main:
             return 0
         if args.npz or args.output:
-            _write_collections(args, seeds, kept, folder)
+            every_label = None if loaded.model.num_classes is None else [label_of[s] for s in seeds]
+            _write_collections(args, seeds, kept, folder, every_label)
         written = ", ".join(str(p) for p in (args.output, args.output_dir, args.npz) if p)
         print(f"wrote {len(seeds)} images to {written} ({rate:.2f} img/s)")
         return 0
