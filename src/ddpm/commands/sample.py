@@ -37,7 +37,8 @@ def register(subparsers) -> None:
     parser.add_argument("--output", default=None, metavar="FILE.png",
                         help="image grid (about sqrt(N) columns); default samples.png unless --output-dir/--npz is given")
     parser.add_argument("--output-dir", default=None, metavar="DIR", help="also write one PNG per image, named by seed")
-    parser.add_argument("--npz", default=None, metavar="FILE.npz", help="also write all images as a uint8 .npz")
+    parser.add_argument("--npz", default=None, metavar="FILE.npz",
+                        help="also write all images as a uint8 .npz (arr_0; a class-conditional model's labels: arr_1)")
     parser.add_argument("--weights", choices=("ema", "raw"), default="ema", help="EMA or raw training weights")
     parser.add_argument("--no-clip", action="store_true", help="do not clip the predicted x0 to [-1, 1]")
     parser.add_argument("--device", choices=DEVICES, default="auto", help=DEVICE_HELP)
