@@ -29,10 +29,13 @@ def _rgb(image: np.ndarray) -> np.ndarray:
 
 def labelled_grid(rows: Sequence[Sequence[np.ndarray]], row_labels: Sequence[str], column_labels: Sequence[str] | None,
                   title: str) -> Figure:
-    """Rows of equally sized images with a label left of each row (and above each column, if given)."""
+    """Rows of equally sized images with a label left of each row (and above each column, if given).
+
+    The figure is as wide as the images and the longest row label need, and at least as wide as the title, so that
+    neither is cut off (about 0.08 inch per character at these font sizes)."""
     columns = max(len(r) for r in rows)
-    fig = Figure(figsize=(quarter_inches(0.6 * columns + 1.75), quarter_inches(0.6 * len(rows) + 0.75)),
-                 layout="constrained")
+    width = max(0.6 * columns + 0.08 * max(map(len, row_labels)) + 0.5, 0.075 * len(title) + 0.5)
+    fig = Figure(figsize=(quarter_inches(width), quarter_inches(0.6 * len(rows) + 0.75)), layout="constrained")
     ax = fig.add_subplot()
     ax.imshow(tile(rows), interpolation="nearest")
     size = rows[0][0].shape[0] + 1
