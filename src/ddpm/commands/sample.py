@@ -2,7 +2,8 @@
 
 Writes a grid (``--output``), a folder of PNGs named by seed (``--output-dir``; an interrupted job resumes by
 skipping the images already there) and/or an .npz of uint8 images (``--npz``, N x H x W x 3 under ``arr_0``, the
-format of OpenAI's evaluator; a class-conditional model's labels under ``arr_1``, as guided-diffusion writes them). Under ``torchrun`` each rank draws its share of the seeds into ``--output-dir``.
+format of OpenAI's evaluator; a class-conditional model's labels under ``arr_1``, as guided-diffusion writes them).
+Under ``torchrun`` each rank draws its share of the seeds into ``--output-dir``.
 A class-conditional model draws the classes of ``--class`` (default: image i of class i mod K) with classifier-free
 guidance ``--guidance-scale`` (default: the model's recommended scale).
 """
