@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import TinyRun
+from conftest import TinyRun, write_model_file, write_png_folder
 from ddpm.cli import main
 from ddpm.diffusion import GaussianDiffusion
 from ddpm.figures.architecture import describe_unet
@@ -93,6 +93,47 @@ def test_loss_vs_t(cli, run_dir, cifar_dir, tmp_path):
     assert [(int(a), int(b)) for a, b, *_ in table] == [(1, 25), (26, 50), (51, 75), (76, 100)]  # the paper's t
     assert all(float(row[2]) > 0 and 0 < float(row[4]) < 1 for row in table)  # loss, and the no-network guess's
     assert _size(out) == (800, 700)
+
+
+def _tables(stdout: str) -> list[list[list[str]]]:
+    """The bucket rows of each model's table in the output of loss-vs-t."""
+    tables = []
+    for line in stdout.splitlines():
+        if line.lstrip().startswith("t from"):
+            tables.append([])
+        elif tables and line.split() and line.split()[0].isdigit():
+            tables[-1].append(line.split())
+    return tables
+
+
+def test_loss_vs_t_compares_models_on_the_same_draws(cli, tmp_path):
+    """Two models (eps and v) in one figure are scored on the same (x_0, t, eps): the no-network column is the same
+    for both, and each model's rows are those it gets alone."""
+    images = write_png_folder(tmp_path / "png", count=6)
+    eps = write_model_file(tmp_path / "eps.safetensors", {"timesteps": 10, "schedule": "cosine"})
+    v = write_model_file(tmp_path / "v.safetensors", {"timesteps": 10, "schedule": "cosine", "prediction": "v"},
+                         seed=1)
+    common = ["--data-dir", images, "--buckets", "2", "--device", "cpu"]
+    code, both, err = cli("visualize", "loss-vs-t", eps, v, *common, "--output", tmp_path / "both.png")
+    assert code == 0, err
+    assert "predicts eps" in both and "predicts v" in both
+    first, second = _tables(both)
+    assert [row[4] for row in first] == [row[4] for row in second]  # the same x_0, t and eps
+    assert first != second
+    for path, rows in ((eps, first), (v, second)):
+        code, alone, err = cli("visualize", "loss-vs-t", path, *common, "--output", tmp_path / "one.png")
+        assert code == 0, err
+        assert _tables(alone) == [rows]
+    assert _size(tmp_path / "both.png") == (800, 700)
+
+
+def test_loss_vs_t_refuses_models_of_different_schedules(cli, tmp_path):
+    images = write_png_folder(tmp_path / "png", count=2)
+    a = write_model_file(tmp_path / "a.safetensors", {"timesteps": 10, "schedule": "cosine"})
+    b = write_model_file(tmp_path / "b.safetensors", {"timesteps": 12, "schedule": "cosine"})
+    code, _, err = cli("visualize", "loss-vs-t", a, b, "--data-dir", images, "--device", "cpu",
+                       "--output", tmp_path / "l.png")
+    assert code == 2 and "noise schedule" in err and len(err.strip().splitlines()) == 1
 
 
 def test_loss_per_timestep_of_a_zero_predictor_is_the_noise_variance():

@@ -9,7 +9,8 @@
 #       mkdir -p cifar10-jpeg && tar xzf ../shared/data/cifar10-jpeg.tar.gz -C cifar10-jpeg
 #
 # Run it from the root of the repository. The commands are the ones shown next to each figure in the documents.
-# The first four figures need no model; the others use RUN (the last two only a class-conditional one). Each command
+# The first four figures need no model; the others use RUN (the last two only a class-conditional one), the loss
+# figure and trajectory-ddpm-eps.png also the eps model shipped before, taken from the git history. Each command
 # prints what it drew (checkpoint and step included): put that step in the captions of docs/guide.md when the figures
 # come from a new checkpoint.
 set -euo pipefail
@@ -28,13 +29,23 @@ ddpm visualize loss-weights --output docs/figures/loss-weights.png
 ddpm visualize architecture seed --output docs/figures/architecture-seed.png
 ddpm visualize architecture ho2020 --output docs/figures/architecture-ho2020.png
 
-# Loss per timestep of the trained model on held-out (test) images.
-ddpm visualize loss-vs-t "$RUN" --data-dir "$DATA/test" --num-images 256 --output docs/figures/loss-vs-t.png
+# The unconditional eps-predicting model shipped until 2026-11-28, from the git history: the loss figure and one
+# trajectory draw it beside RUN, the contrast of sections 4 and 5 of the guide (skipped outside a git clone).
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+EPS="$tmp/ddpm-cifar10-cpu-eps.safetensors"
+git show 1f91084:models/ddpm-cifar10-cpu.safetensors > "$EPS" 2>/dev/null || EPS=""
+
+# Loss per timestep of the trained model(s) on held-out (test) images, on the same t and eps.
+ddpm visualize loss-vs-t "$RUN" ${EPS:+"$EPS"} --data-dir "$DATA/test" --num-images 256 \
+    --output docs/figures/loss-vs-t.png
 
 # The reverse process: x_t and the predicted x_0, with all T = 1000 DDPM steps, with 50 DDIM steps, and with
 # 20 DPM-Solver++(2M) steps, from the same seeds (the same x_T).
 ddpm visualize trajectory "$RUN" --sampler ddpm --seeds 0 1 2 --every 100 --gif-frames 40 --scale 2 \
     --output docs/figures/trajectory-ddpm.png
+[[ -z $EPS ]] || ddpm visualize trajectory "$EPS" --sampler ddpm --seeds 0 1 2 --every 100 --gif-frames 40 --scale 2 \
+    --output docs/figures/trajectory-ddpm-eps.png
 ddpm visualize trajectory "$RUN" --sampler ddim --sampling-steps 50 --seeds 0 1 2 --every 5 --gif-frames 25 \
     --scale 2 --output docs/figures/trajectory-ddim.png
 ddpm visualize trajectory "$RUN" --sampler dpm++2m --sampling-steps 20 --seeds 0 1 2 --every 2 --gif-frames 20 \

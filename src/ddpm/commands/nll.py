@@ -8,6 +8,8 @@ for the 10,000 CIFAR-10 test images, on a CPU about 10 s per image for the 1.4M-
 Prints the mean bits/dim with its standard error over images and its three parts (prior, sum of the KL terms,
 decoder); ``--json`` prints one JSON object instead, with every term (``terms_bpd``, index = the code's 0-based t:
 the decoder at 0) and the RMSE of x0_hat per t (``rmse_255``) for ``ddpm visualize rate-distortion``.
+A class-conditional model is called with no class: its bound is that of the unconditional model it also is,
+comparable with an unconditional model's.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
   forward        real images noised by q(x_t | x_0) for the linear and cosine schedules, with alpha-bar_t and SNR(t)
   trajectory     the reverse process of a checkpoint: x_t and the predicted x_0 every k steps, as a strip and a GIF
-  loss-vs-t      a checkpoint's loss per timestep bucket on held-out images: where the model struggles
+  loss-vs-t      the loss per timestep bucket on held-out images, of one model or several: where each struggles
   architecture   a diagram of the UNet of a preset or checkpoint, drawn by walking the network itself
   classes        a class-conditional model's samples, one labelled row per class
   guidance       a class-conditional model: the same seeds at several guidance scales side by side
@@ -11,6 +11,10 @@
   shared-xt      several reverse samples from one x_t of a real image, at several t (Fig. 7)
   interpolation  two real images noised to x_t, mixed linearly and decoded, at several t (Fig. 8)
   inpainting     a masked region of real images filled by the model (replacement method, RePaint's resampling)
+
+A class-conditional model draws its trajectory with a class per seed (--class) at its guidance scale; the
+figures that start from real images (loss-vs-t, rate-distortion, shared-xt, interpolation, inpainting) call it
+with no class, as the unconditional model it also is (label dropout, `ddpm train --p-uncond`).
 
 See docs/guide.md for each figure next to the equation it illustrates.
 """
@@ -31,6 +35,7 @@ EXAMPLES = """examples:
   ddpm visualize forward --data-dir cifar10-jpeg.tar.gz --num-images 4 --output forward.png
   ddpm visualize trajectory runs/tiny --sampler ddim --sampling-steps 20 --every 2
   ddpm visualize loss-vs-t runs/tiny --data-dir ./data --num-images 512
+  ddpm visualize loss-vs-t runs/eps runs/v --data-dir cifar10-jpeg/test   # two models, same t and eps
   ddpm visualize architecture ho2020 --output ho2020.png
   ddpm visualize loss-weights --gamma 5 --output weights.png
   ddpm visualize classes runs/cond --per-class 10 --sampler ddim --sampling-steps 50 --output classes.png
@@ -96,9 +101,12 @@ def register(subparsers) -> None:
     add_class_argument(trajectory)
     trajectory.add_argument("--guidance-scale", type=guidance_scale, default=None, metavar="S", help=GUIDANCE_HELP)
 
-    loss = add("loss-vs-t", "a checkpoint's training loss per timestep bucket on held-out images, printed and "
-               "plotted", "loss_vs_t.png")
-    add_checkpoint(loss)
+    loss = add("loss-vs-t", "the training loss per timestep bucket on held-out images of one checkpoint or several "
+               "(one curve each, on the same t and eps), printed and plotted", "loss_vs_t.png")
+    loss.add_argument("checkpoints", nargs="+", metavar="CHECKPOINT",
+                      help=MODEL_SOURCES + "; several: one curve each, all with the same noise schedule")
+    loss.add_argument("--weights", choices=("ema", "raw"), default="ema", help="EMA or raw training weights")
+    loss.add_argument("--device", choices=DEVICES, default="auto", help=DEVICE_HELP)
     add_image_source(loss, 512, "held-out images evaluated")
     loss.add_argument("--buckets", type=positive_int, default=10, help="equal-width timestep buckets")
     loss.add_argument("--batch-size", type=positive_int, default=128, help="images per forward pass")
@@ -251,26 +259,41 @@ def run_trajectory(args: argparse.Namespace) -> int:
 
 
 def run_loss_vs_t(args: argparse.Namespace) -> int:
+    import torch
+
     from ddpm.datasets import load_images
     from ddpm.distributed import resolve_device
+    from ddpm.errors import ConfigError
     from ddpm.figures.common import save_figure
     from ddpm.figures.loss import loss_figure, loss_per_timestep, uniform_t_loss
     from ddpm.model_io import load_model
 
     _check_output(args.output)
     device = resolve_device(args.device)
-    loaded = load_model(args.checkpoint, device, args.weights)
-    images, description = load_images(args.data_dir, args.num_images, loaded.config.model.resolution, args.split)
-    rows = loss_per_timestep(loaded.model, loaded.diffusion, images, args.buckets, args.batch_size, args.seed, device)
-    print(f"{loaded.source} (step {loaded.step}, {loaded.weights} weights) on {len(images)} images, {description}")
-    print(f"{'t from':>7} {'to':>6} {'loss':>10} {'± s.e.':>9} {'no network':>11}   (t: the paper's 1 .. T, the "
-          "code's t + 1; no network: eps_hat = sqrt(1 - alpha-bar_t) x_t)")
-    for r in rows:
-        print(f"{r.start + 1:>7} {r.stop:>6} {r.mean:>10.5f} {r.stderr:>9.5f} {r.trivial:>11.2e}")
-    mean = uniform_t_loss(rows)
-    print(f"mean over t ~ U{{1..{loaded.diffusion.timesteps}}}: {mean:.5f}")
-    title = f"Loss per timestep: {loaded.source.name} (step {loaded.step}), {len(images)} held-out images"
-    width, height = save_figure(loss_figure(rows, loaded.diffusion, title), args.output, args.dpi)
+    models = [load_model(path, device, args.weights) for path in args.checkpoints]
+    first = models[0]
+    for other in models[1:]:  # the same (x_0, t, eps) only mean the same x_t under the same schedule
+        if (other.config.model.resolution != first.config.model.resolution
+                or not torch.equal(other.diffusion.alphas_cumprod, first.diffusion.alphas_cumprod)):
+            raise ConfigError(f"{other.source} and {first.source} differ in noise schedule or resolution: loss-vs-t "
+                              "compares models on the same x_t, so give it models of one schedule and size")
+    images, description = load_images(args.data_dir, args.num_images, first.config.model.resolution, args.split)
+    curves = []
+    for loaded in models:
+        rows = loss_per_timestep(loaded.model, loaded.diffusion, images, args.buckets, args.batch_size, args.seed,
+                                 device)
+        name = f"{loaded.source.name} (step {loaded.step}, {loaded.diffusion.prediction}-prediction)"
+        print(f"{loaded.source} (step {loaded.step}, {loaded.weights} weights, predicts "
+              f"{loaded.diffusion.prediction}) on {len(images)} images, {description}")
+        print(f"{'t from':>7} {'to':>6} {'loss':>10} {'± s.e.':>9} {'no network':>11}   (t: the paper's 1 .. T, the "
+              "code's t + 1; loss: of the eps the output implies; no network: eps_hat = sqrt(1 - alpha-bar_t) x_t)")
+        for r in rows:
+            print(f"{r.start + 1:>7} {r.stop:>6} {r.mean:>10.5f} {r.stderr:>9.5f} {r.trivial:>11.2e}")
+        print(f"mean over t ~ U{{1..{loaded.diffusion.timesteps}}}: {uniform_t_loss(rows):.5f}")
+        curves.append((name, rows))
+    names = first.source.name if len(models) == 1 else f"{len(models)} models"
+    title = f"Loss per timestep: {names}, {len(images)} held-out images"
+    width, height = save_figure(loss_figure(curves, first.diffusion, title), args.output, args.dpi)
     print(f"wrote {args.output} ({width}x{height})")
     return 0
 

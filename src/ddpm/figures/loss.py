@@ -76,8 +76,10 @@ def uniform_t_loss(rows: Sequence[BucketLoss]) -> float:
     return sum(r.mean * (r.stop - r.start) for r in rows) / sum(r.stop - r.start for r in rows)
 
 
-def loss_figure(rows: Sequence[BucketLoss], diffusion: GaussianDiffusion, title: str) -> Figure:
-    """Top: the loss per timestep bucket on a log scale, the uniform-t mean as a line, and the trivial guess's loss.
+def loss_figure(curves: Sequence[tuple[str, Sequence[BucketLoss]]], diffusion: GaussianDiffusion,
+                title: str) -> Figure:
+    """Top: the loss per timestep bucket on a log scale of each (name, buckets) curve, measured on the same
+    (x_0, t, eps), with its uniform-t mean as a line, and the trivial guess's loss (the same for every curve).
     Bottom: the weight each t gets in the variational bound, lambda_t of eq. 12 for both reverse variances, relative
     to its mean over t >= 2, against L_simple's 1 for every t (eq. 14).
 
@@ -88,14 +90,19 @@ def loss_figure(rows: Sequence[BucketLoss], diffusion: GaussianDiffusion, title:
     """
     fig = Figure(figsize=(8, 7), layout="constrained")
     ax, weights = fig.subplots(2, 1, sharex=True, height_ratios=(3, 2))
+    rows = curves[0][1]
     half = [(r.stop - r.start) / 2 for r in rows]
     centres = [r.start + h for r, h in zip(rows, half)]
-    ax.errorbar(centres, [r.mean for r in rows], xerr=half, yerr=[r.stderr for r in rows], fmt="o",
-                color="tab:blue", ecolor="tab:blue", capsize=2, ms=4, label="the network: ‖ε − ε_θ(x_t, t)‖²")
+    colors = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:brown", "tab:pink")
+    for k, (name, rows) in enumerate(curves):
+        color = colors[k % len(colors)]
+        network = "the network" if len(curves) == 1 else name
+        ax.errorbar(centres, [r.mean for r in rows], xerr=half, yerr=[r.stderr for r in rows], fmt="o",
+                    color=color, ecolor=color, capsize=2, ms=4, label=f"{network}: ‖ε − ε_θ(x_t, t)‖²")
+        ax.axhline(uniform_t_loss(rows), color=color, ls="--", lw=1,
+                   label=f"its mean over t ~ U{{1..T}}: {uniform_t_loss(rows):.4f}")
     ax.errorbar(centres, [r.trivial for r in rows], xerr=half, fmt="s", color="tab:gray", ecolor="tab:gray", ms=4,
                 label="no network: ‖ε − √(1−ᾱ_t)·x_t‖²")
-    mean = uniform_t_loss(rows)
-    ax.axhline(mean, color="tab:red", ls="--", lw=1, label=f"the network's mean over t ~ U{{1..T}}: {mean:.4f}")
     ax.set_yscale("log")
     ax.set_xlim(rows[0].start, rows[-1].stop)
     ax.set_ylabel("squared ε error per pixel")
