@@ -56,8 +56,8 @@ ddpm sample --load-model "$RUN" --num-samples 64 --sampler ddim --sampling-steps
     --output docs/figures/results-samples.png
 
 # The variational bound (Ho et al. 2020, eq. 5) of 48 test images with all 1000 terms (48,000 network calls: about
-# 45 minutes on the 2-core CPU; skipped when docs/figures/nll.json exists, delete it to measure again), then its
-# terms against t and rate against distortion (Fig. 5).
+# 12 minutes on one core of the 2-core CPU; skipped when docs/figures/nll.json exists, delete it to measure again),
+# then its terms against t and rate against distortion (Fig. 5).
 [[ -f docs/figures/nll.json ]] || ddpm nll "$RUN" --data-dir "$DATA/test" --num-images 48 --batch-size 48 --json \
     > docs/figures/nll.json
 ddpm visualize rate-distortion docs/figures/nll.json --output docs/figures/rate-distortion.png
