@@ -28,6 +28,7 @@ def run(*args) -> subprocess.CompletedProcess:
     return done
 
 
+@pytest.mark.slow  # four processes that each load the Inception network: 47 s of a 2-core machine
 def test_pack_halves_the_weights_and_score_fills_every_record(tmp_path):
     image_folder = tmp_path / "images"  # the reference: 12 images of 32x32 pixels
     image_folder.mkdir()
