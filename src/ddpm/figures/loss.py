@@ -101,8 +101,9 @@ def loss_figure(curves: Sequence[tuple[str, Sequence[BucketLoss]]], diffusion: G
         network = "the network" if len(curves) == 1 else name
         ax.errorbar(centres, [r.mean for r in buckets], xerr=half, yerr=[r.stderr for r in buckets], fmt="o",
                     color=color, ecolor=color, capsize=2, ms=4, label=f"{network}: ‖ε − ε_θ(x_t, t)‖²")
+        whose = "the network's" if len(curves) == 1 else f"{name.split(' (')[0]}'s"
         ax.axhline(uniform_t_loss(buckets), color=color, ls="--", lw=1,
-                   label=f"mean over t ~ U{{1..T}}: {uniform_t_loss(buckets):.4f}")
+                   label=f"{whose} mean over t ~ U{{1..T}}: {uniform_t_loss(buckets):.4f}")
     ax.set_yscale("log")
     ax.set_xlim(rows[0].start, rows[-1].stop)
     ax.set_ylabel("squared ε error per pixel")
