@@ -75,8 +75,12 @@ def register(subparsers) -> None:
     forward.add_argument("--beta-end", type=float, default=diffusion.beta_end, help=help_of["beta_end"])
     forward.add_argument("--seed", type=int, default=0, help="seed of the noise eps, the same in every panel")
 
-    def add_checkpoint(sub: argparse.ArgumentParser) -> None:
-        sub.add_argument("checkpoint", metavar="CHECKPOINT", help=MODEL_SOURCES)
+    def add_checkpoint(sub: argparse.ArgumentParser, several: bool = False) -> None:
+        if several:  # one curve per model, all with the same noise schedule
+            sub.add_argument("checkpoints", nargs="+", metavar="CHECKPOINT",
+                             help=MODEL_SOURCES + "; several: one curve each, all with the same noise schedule")
+        else:
+            sub.add_argument("checkpoint", metavar="CHECKPOINT", help=MODEL_SOURCES)
         sub.add_argument("--weights", choices=("ema", "raw"), default="ema", help="EMA or raw training weights")
         sub.add_argument("--device", choices=DEVICES, default="auto", help=DEVICE_HELP)
 
@@ -103,10 +107,7 @@ def register(subparsers) -> None:
 
     loss = add("loss-vs-t", "the training loss per timestep bucket on held-out images of one checkpoint or several "
                "(one curve each, on the same t and eps), printed and plotted", "loss_vs_t.png")
-    loss.add_argument("checkpoints", nargs="+", metavar="CHECKPOINT",
-                      help=MODEL_SOURCES + "; several: one curve each, all with the same noise schedule")
-    loss.add_argument("--weights", choices=("ema", "raw"), default="ema", help="EMA or raw training weights")
-    loss.add_argument("--device", choices=DEVICES, default="auto", help=DEVICE_HELP)
+    add_checkpoint(loss, several=True)
     add_image_source(loss, 512, "held-out images evaluated")
     loss.add_argument("--buckets", type=positive_int, default=10, help="equal-width timestep buckets")
     loss.add_argument("--batch-size", type=positive_int, default=128, help="images per forward pass")

@@ -95,19 +95,17 @@ def loss_figure(curves: Sequence[tuple[str, Sequence[BucketLoss]]], diffusion: G
     centres = [r.start + h for r, h in zip(rows, half)]
     ax.errorbar(centres, [r.trivial for r in rows], xerr=half, fmt="s", color="tab:gray", ecolor="tab:gray", ms=6,
                 mfc="none", label="no network: ‖ε − √(1−ᾱ_t)·x_t‖²")  # open and first: a network on it stays visible
-    colors = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:brown", "tab:pink")
     for k, (name, buckets) in enumerate(curves):
-        color = colors[k % len(colors)]
         network = "the network" if len(curves) == 1 else name
+        mean = uniform_t_loss(buckets)
         ax.errorbar(centres, [r.mean for r in buckets], xerr=half, yerr=[r.stderr for r in buckets], fmt="o",
-                    color=color, ecolor=color, capsize=2, ms=4, label=f"{network}: ‖ε − ε_θ(x_t, t)‖²")
-        whose = "the network's" if len(curves) == 1 else f"{name.split(' (')[0]}'s"
-        ax.axhline(uniform_t_loss(buckets), color=color, ls="--", lw=1,
-                   label=f"{whose} mean over t ~ U{{1..T}}: {uniform_t_loss(buckets):.4f}")
+                    color=f"C{k}", ecolor=f"C{k}", capsize=2, ms=4,
+                    label=f"{network}: ‖ε − ε_θ(x_t, t)‖²\n  dashed: its mean over t ~ U{{1..T}}, {mean:.4f}")
+        ax.axhline(mean, color=f"C{k}", ls="--", lw=1)
     ax.set_yscale("log")
     ax.set_xlim(rows[0].start, rows[-1].stop)
     ax.set_ylabel("squared ε error per pixel")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="lower left")
     ax.set_title(title, fontsize=10)
     paper_t = torch.arange(diffusion.timesteps) + 1
     for variance, style in (("fixed_large", "-"), ("fixed_small", "--")):
