@@ -11,7 +11,8 @@ Parts, each reported in OUT/summary.json whatever the others did (a failed part 
   ``torch.cuda.set_sync_debug_mode("error")``, compiled training steps equal to eager and resumed exactly); on a CPU
   they skip, with their reason;
 - ``bench``: ``ddpm bench`` of ho2020 at batch 128 and 512 in float32, bf16 + channels_last and bf16 + channels_last +
-  compile, with one DDIM-50 batch each;
+  compile, with one DDIM-50 batch each, and at the first batch size the ``torch.profiler`` table of one training step
+  (``ddpm bench --profile``: operators by device time, kernel count), the before of any change to the step;
 - ``train``: ``ddpm train --preset ho2020 --amp --compile --channels-last --max-time 4m`` on CIFAR-10's 50,000 train
   images (held on the GPU), then its loss curve and img/s from ``metrics.jsonl``;
 - ``sample``: 20,000 DDIM-50 EMA samples with ``ddpm sample --amp``, returned as OUT/samples_<k>.npz of 5,000 images
@@ -169,6 +170,8 @@ class Check:
                 args = ["-m", "ddpm", "bench", "--preset", self.plan["preset"], "--batch-size", str(batch),
                         "--device", self.device, "--steps", str(steps), "--warmup", str(warmup), "--ddim-steps",
                         str(self.plan["ddim_steps"]), "--json", *flags]
+                if batch == self.plan["batches"][0]:
+                    args.append("--profile")
                 try:
                     result = json.loads(self.command(args, self.plan["part_timeout"]["bench"]).stdout)
                 except Exception as exc:

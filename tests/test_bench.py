@@ -30,6 +30,21 @@ def test_bench_reports_throughput_flops_and_memory(cli):
     assert r["train_peak_memory_bytes"] >= 0 and r["memory_measure"].startswith("growth of peak RSS")
 
 
+def test_profile_names_the_step_s_operators(cli):
+    """--profile adds torch.profiler's table of one more training step: the convolutions forward and backward, the
+    GroupNorms and the optimiser step are in it, with a count of the step's operator calls."""
+    code, out, err = cli("bench", "--preset", "tiny", "--batch-size", 2, "--steps", 1, "--warmup", 0, "--device", "cpu",
+                         "--profile", "--json")
+    assert code == 0, err
+    profile = json.loads(out)["profile"]
+    first, *table = profile.splitlines()
+    assert first.startswith("one training step: ") and int(first.split()[3]) > 100
+    for op in ("aten::convolution_backward", "aten::native_group_norm", "Optimizer.step#AdamW.step"):
+        assert op in profile
+    code, out, err = cli("bench", "--preset", "tiny", "--batch-size", 2, "--steps", 1, "--warmup", 0, "--device", "cpu")
+    assert code == 0 and "one training step" not in out  # only when asked for
+
+
 def test_table_output(cli):
     code, out, err = cli("bench", "--preset", "tiny", "--batch-size", 2, "--steps", 1, "--warmup", 0, "--device", "cpu")
     assert code == 0, err

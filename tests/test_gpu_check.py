@@ -96,6 +96,7 @@ def test_dry_mode_runs_every_part_and_fills_the_summary(tmp_path):
     assert [(r["variant"], r["batch_size"]) for r in summary["bench"]] == [("float32", 8), ("bf16+channels_last", 8)]
     for row in summary["bench"]:
         assert row["train_images_per_sec"] > 0 and row["ddim_images_per_sec"] > 0 and row["ddim_steps"] == 5
+        assert row["profile"].startswith("one training step: ")  # the first batch size's step, profiled
     # --amp is bf16 where the CPU has the instructions and float32 (with a warning) where it has not
     amp = "bfloat16" if cpu_has_native_bf16() else "float32"
     assert summary["bench"][1]["dtype"] == amp and summary["bench"][1]["channels_last"]

@@ -7,7 +7,9 @@ the unit every sampler repeats (a DDIM-50 image costs 50 of them), and optionall
 
 FLOPs are counted by :class:`torch.utils.flop_counter.FlopCounterMode` (matmuls, convolutions, attention; element-wise
 work is free) on one image; achieved FLOP/s are then set against a large matmul measured on the same device in the
-same dtype, the practical peak. Peak memory on CUDA is ``torch.cuda.max_memory_allocated`` (weights, gradients,
+same dtype, the practical peak. ``profile=True`` adds a ``torch.profiler`` table of one more training step after the
+timed ones: where the step's time goes, operator by operator, and how many kernels it launches (the first thing to
+look at before changing a step, issue 21). Peak memory on CUDA is ``torch.cuda.max_memory_allocated`` (weights, gradients,
 optimiser state and activations); on the CPU it is how far the process's peak resident set size (``ru_maxrss``) grows
 during the phase, so weights, EMA copy and anything an earlier phase already touched are not counted; on Apple's MPS
 it is the memory the Metal driver holds at the end of the phase (MPS keeps no peak).
@@ -16,6 +18,7 @@ it is the memory the Metal driver holds at the end of the phase (MPS keeps no pe
 from __future__ import annotations
 
 import dataclasses
+import os
 import resource
 import sys
 import time
@@ -74,6 +77,7 @@ class BenchResult:
     forward_peak_memory_bytes: int
     ddim_steps: int
     ddim_seconds_per_batch: float | None
+    profile: str | None = None
     torch_version: str = torch.__version__
 
 
@@ -146,8 +150,31 @@ class PeakMemory:
             self.bytes = self._max_rss() - self._start
 
 
-def run_benchmark(config: RunConfig, steps: int, warmup: int, ddim_steps: int = 0) -> BenchResult:
-    """Time ``steps`` training steps and ``steps`` forward passes (after ``warmup`` of each) of ``config``'s model."""
+def profile_step(trainer, images: torch.Tensor, device: torch.device, rows: int = 25) -> str:
+    """The ``torch.profiler`` table of one training step, the ``rows`` operators with the most self time on the
+    device (CUDA) or the host (elsewhere), under a line that counts the step's operator calls and device kernels."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = device.type == "cuda"
+    if not cuda:  # Kineto, the profiler's back end, reports the missing GPU as an ERROR line on a CPU machine
+        os.environ.setdefault("KINETO_LOG_LEVEL", "5")
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=activities) as prof:
+        trainer.train_step(images)
+        synchronize(device)
+    events = prof.key_averages()
+    host = sum(e.count for e in events if e.device_type == DeviceType.CPU and e.key.startswith("aten::"))
+    kernels = sum(e.count for e in events if e.device_type == DeviceType.CUDA)
+    head = f"one training step: {host} aten operator calls on the host" + (f", {kernels} CUDA kernels" if cuda else "")
+    return head + "\n" + events.table(sort_by="self_device_time_total" if cuda else "self_cpu_time_total",
+                                      row_limit=rows)
+
+
+def run_benchmark(config: RunConfig, steps: int, warmup: int, ddim_steps: int = 0,
+                  profile: bool = False) -> BenchResult:
+    """Time ``steps`` training steps and ``steps`` forward passes (after ``warmup`` of each) of ``config``'s model;
+    with ``profile``, also profile one more training step (:func:`profile_step`)."""
     from ddpm.train import Trainer  # the training module pulls in TensorBoard's and tqdm's imports
 
     if steps < 1 or warmup < 0 or ddim_steps < 0:
@@ -200,6 +227,7 @@ def run_benchmark(config: RunConfig, steps: int, warmup: int, ddim_steps: int = 
             trainer.train_step(images)  # queues the step; nothing in it waits for the device (on CUDA)
         synchronize(device)
         train_seconds = time.perf_counter() - start
+    table = profile_step(trainer, images, device) if profile else None
 
     forward_flops, train_flops = flops_per_image(trainer, x[:1])
     dtype = trainer.amp_dtype or torch.float32
@@ -218,6 +246,7 @@ def run_benchmark(config: RunConfig, steps: int, warmup: int, ddim_steps: int = 
         train_share_of_peak=train_flops * train_rate / peak, forward_share_of_peak=forward_flops * forward_rate / peak,
         memory_measure=train_memory.measure, train_peak_memory_bytes=train_memory.bytes,
         forward_peak_memory_bytes=forward_memory.bytes, ddim_steps=ddim_steps, ddim_seconds_per_batch=ddim_seconds,
+        profile=table,
     )
 
 
@@ -242,4 +271,6 @@ def format_table(r: BenchResult) -> str:
                      f"{1000 * r.ddim_seconds_per_batch:11.1f}")
     lines.append(f"matmul peak: {r.matmul_peak_tflops:.3f} TFLOP/s ({r.dtype}, {r.matmul_size}x{r.matmul_size}); "
                  f"FLOPs from FlopCounterMode; peak memory: {r.memory_measure}")
+    if r.profile:
+        lines += ["", r.profile]
     return "\n".join(lines)

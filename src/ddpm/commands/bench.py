@@ -17,7 +17,8 @@ from ddpm.config import DEVICE_HELP, DEVICES
 EXAMPLE = """examples:
   ddpm bench --preset tiny --device cpu
   ddpm bench --preset ho2020 --batch-size 128 --amp --compile --channels-last --device cuda
-  ddpm bench --preset ho2020 --batch-size 16 --device cpu --steps 3 --warmup 1 --ddim-steps 50 --json"""
+  ddpm bench --preset ho2020 --batch-size 16 --device cpu --steps 3 --warmup 1 --ddim-steps 50 --json
+  ddpm bench --preset ho2020 --batch-size 128 --amp --device cuda --profile   # where one step's time goes"""
 
 
 def register(subparsers) -> None:
@@ -35,6 +36,10 @@ def register(subparsers) -> None:
     parser.add_argument("--warmup", type=int, default=5,
                         help="untimed steps and passes before the timed ones (compilation, allocator, kernel choice)")
     parser.add_argument("--ddim-steps", type=int, default=0, help="also time one DDIM batch of this many steps (0: off)")
+    parser.add_argument("--profile", action="store_true",
+                        help="also profile one more training step with torch.profiler and print its table (operators "
+                             "by self time, the number of operator calls and CUDA kernels); under --json it is the "
+                             "'profile' field")
     parser.add_argument("--json", action="store_true", help="print the results as JSON instead of a table")
     parser.set_defaults(func=run)
 
@@ -49,6 +54,6 @@ def run(args: argparse.Namespace) -> int:
     if args.batch_size is not None:
         train["batch_size"] = args.batch_size
     config = make_config(getattr(args, "preset", None) or "seed", {"train": train})
-    result = run_benchmark(config, args.steps, args.warmup, args.ddim_steps)
+    result = run_benchmark(config, args.steps, args.warmup, args.ddim_steps, args.profile)
     print(json.dumps(dataclasses.asdict(result), indent=2) if args.json else format_table(result))
     return 0
