@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 import ddpm.unet as unet_module
-from ddpm.unet import (AttentionBlock, Downsample, ResBlock, UNet, Upsample, count_parameters, create_model,
+from ddpm.unet import (AttentionBlock, Dropout, Downsample, ResBlock, UNet, Upsample, count_parameters, create_model,
                        timestep_embedding)
 
 HO2020_PARAMETERS = 35_746_307
@@ -154,7 +154,8 @@ def test_seed_resblocks_run_groupnorm_act_dropout_conv_in_that_order():
     assert len(blocks) == 6 + 2 + 6
     for block in blocks:
         assert [type(m) for m in block.in_layers] == [nn.GroupNorm, nn.ReLU, nn.Conv2d]
-        assert [type(m) for m in block.out_layers] == [nn.GroupNorm, nn.ReLU, nn.Dropout, nn.Conv2d]
+        assert [type(m) for m in block.out_layers] == [nn.GroupNorm, nn.ReLU, Dropout, nn.Conv2d]
+        assert isinstance(block.out_layers[2], nn.Dropout)
         assert block.out_layers[2].p == pytest.approx(0.1)
         assert block.in_layers[0].num_groups == 32
     # The order the layers actually run in, for one block.
@@ -332,3 +333,31 @@ def test_fresh_blocks_are_identities():
     assert torch.equal(AttentionBlock(16, 2, 8)(x), x)
     # ... and stop being identities once trained (here: perturbed).
     assert not torch.allclose(perturb(same)(x, emb), x, atol=1e-3)
+
+
+def test_cpu_dropout_mask_drops_at_rate_p_and_keeps_the_expectation():
+    """The 16-bit mask drops a fraction c / 2^16 of the elements, c = round(p 2^16), and scales the rest by 2^16 /
+    (2^16 - c): over 4M elements the drop rate is p within 4 standard errors, and the mean is kept."""
+    layer = Dropout(0.1).train()
+    torch.manual_seed(0)
+    x = torch.ones(4, 1024, 1024)
+    y = layer(x)
+    cut = round(0.1 * 65536)
+    values = torch.unique(y).tolist()
+    assert values[0] == 0.0 and values[1:] == [pytest.approx(65536 / (65536 - cut))]
+    dropped = (y == 0).double().mean().item()
+    assert abs(dropped - cut / 65536) < 4 * (0.1 * 0.9 / x.numel()) ** 0.5
+    assert y.double().mean().item() == pytest.approx(1.0, abs=1e-3)
+    # Seeded like nn.Dropout: the same seed, the same mask; another seed, another mask.
+    torch.manual_seed(0)
+    assert torch.equal(layer(x), y)
+    assert not torch.equal(layer(x), y)
+    # The gradient is the mask times the scale, as nn.Dropout's.
+    x.requires_grad_(True)
+    torch.manual_seed(1)
+    out = layer(x)
+    out.sum().backward()
+    assert torch.equal(x.grad, out.detach())
+    # Eval mode, p = 0 and p = 1 are nn.Dropout's.
+    assert torch.equal(layer.eval()(x), x)
+    assert torch.equal(Dropout(1.0).train()(x), torch.zeros_like(x))

@@ -65,6 +65,26 @@ class TimestepEmbedding(nn.Module):
         return self.mlp(timestep_embedding(t, self.sinusoid_dim, cos_first=self.cos_first, freq_shift=self.freq_shift))
 
 
+class Dropout(nn.Dropout):
+    """``nn.Dropout`` whose mask is cheaper on the CPU, where drawing it took a seventh of a training step.
+
+    PyTorch's CPU ``bernoulli_`` draws 32 random bits per element from the one-threaded Mersenne Twister; here each
+    element takes 16 of the 64 bits of one draw, a quarter of the generator's work. An element is dropped when its
+    bits, read as a uniform integer u in [0, 2^16), fall below c = round(p 2^16), so the drop rate is c / 2^16 (within
+    2^-17 of p), and kept elements are scaled by 2^16 / (2^16 - c), which keeps E[output] = input exactly. The bits
+    come from the default generator, like ``bernoulli_``'s, so seeding and gradient checkpointing's replay work as
+    before. Other devices keep PyTorch's fused kernel.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or not 0 < self.p < 1 or x.device.type != "cpu" or torch.compiler.is_compiling():
+            return super().forward(x)
+        cut = round(self.p * 65536)
+        draws = torch.empty((x.numel() + 3) // 4, dtype=torch.int64).random_(-2**63, None)  # 64 uniform bits each
+        keep = (draws.view(torch.int16)[:x.numel()] >= cut - 32768).view(x.shape)  # int16 = u - 2^15
+        return torch.where(keep, x * (65536 / (65536 - cut)), 0)
+
+
 class ResBlock(nn.Module):
     """GroupNorm -> act -> Conv, plus the projected timestep embedding, then GroupNorm -> act -> Dropout -> Conv.
 
@@ -78,7 +98,7 @@ class ResBlock(nn.Module):
         self.in_layers = nn.Sequential(nn.GroupNorm(groups, in_ch, eps), act(), nn.Conv2d(in_ch, out_ch, 3, padding=1))
         self.emb_proj = nn.Sequential(act(), nn.Linear(emb_dim, out_ch))
         self.out_layers = nn.Sequential(
-            nn.GroupNorm(groups, out_ch, eps), act(), nn.Dropout(dropout), nn.Conv2d(out_ch, out_ch, 3, padding=1)
+            nn.GroupNorm(groups, out_ch, eps), act(), Dropout(dropout), nn.Conv2d(out_ch, out_ch, 3, padding=1)
         )
         nn.init.zeros_(self.out_layers[-1].weight)
         nn.init.zeros_(self.out_layers[-1].bias)
