@@ -150,10 +150,16 @@ class PeakMemory:
             self.bytes = self._max_rss() - self._start
 
 
-def profile_step(trainer, images: torch.Tensor, device: torch.device, rows: int = 25) -> str:
-    """The ``torch.profiler`` table of one training step, the ``rows`` operators with the most self time on the
-    device (CUDA) or the host (elsewhere), under a line that counts the step's aten operator calls (nested ones
-    included, as the profiler records them) and device kernels: numbers to compare before and after a change."""
+# Operators that only move or convert data: the share of the host's time they take is what autocast's casts and
+# memory-format changes cost.
+CAST_AND_COPY = ("aten::copy_", "aten::_to_copy", "aten::to", "aten::contiguous", "aten::clone")
+
+
+def profile_call(what: str, call, device: torch.device, rows: int = 25) -> str:
+    """The ``torch.profiler`` table of ``call()``, the ``rows`` operators with the most self time on the device
+    (CUDA) or the host (elsewhere), under a line that counts its aten operator calls (nested ones included, as the
+    profiler records them), device kernels and the share of host time spent in casts and copies
+    (:data:`CAST_AND_COPY`): numbers to compare before and after a change."""
     from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
 
@@ -162,20 +168,30 @@ def profile_step(trainer, images: torch.Tensor, device: torch.device, rows: int 
         os.environ.setdefault("KINETO_LOG_LEVEL", "5")
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
     with profile(activities=activities) as prof:
-        trainer.train_step(images)
+        call()
         synchronize(device)
     events = prof.key_averages()
-    host = sum(e.count for e in events if e.device_type == DeviceType.CPU and e.key.startswith("aten::"))
+    host_events = [e for e in events if e.device_type == DeviceType.CPU]
+    calls = sum(e.count for e in host_events if e.key.startswith("aten::"))
     kernels = sum(e.count for e in events if e.device_type == DeviceType.CUDA)
-    head = f"one training step: {host} aten operator calls on the host (nested included)" + (f", {kernels} CUDA kernels" if cuda else "")
+    total = sum(e.self_cpu_time_total for e in host_events) or 1
+    casts = sum(e.self_cpu_time_total for e in host_events if e.key in CAST_AND_COPY) / total
+    head = (f"{what}: {calls} aten operator calls on the host (nested included)"
+            + (f", {kernels} CUDA kernels" if cuda else "") + f"; casts and copies {casts:.1%} of host self time")
     return head + "\n" + events.table(sort_by="self_device_time_total" if cuda else "self_cpu_time_total",
                                       row_limit=rows)
+
+
+def amp_forward(net, x: torch.Tensor, timesteps: torch.Tensor, amp) -> torch.Tensor:
+    """One network evaluation under ``amp()`` (the trainer's autocast context), the unit every sampler repeats."""
+    with amp():
+        return net(x, timesteps)
 
 
 def run_benchmark(config: RunConfig, steps: int, warmup: int, ddim_steps: int = 0,
                   profile: bool = False) -> BenchResult:
     """Time ``steps`` training steps and ``steps`` forward passes (after ``warmup`` of each) of ``config``'s model;
-    with ``profile``, also profile one more training step (:func:`profile_step`)."""
+    with ``profile``, also profile one more training step and one more forward pass (:func:`profile_call`)."""
     from ddpm.train import Trainer  # the training module pulls in TensorBoard's and tqdm's imports
 
     if steps < 1 or warmup < 0 or ddim_steps < 0:
@@ -203,8 +219,7 @@ def run_benchmark(config: RunConfig, steps: int, warmup: int, ddim_steps: int = 
             if i == warmup:
                 synchronize(device)
                 start = time.perf_counter()
-            with amp():
-                net(x, timesteps)
+            amp_forward(net, x, timesteps, amp)
         synchronize(device)
         forward_seconds = time.perf_counter() - start
     ddim_seconds = None
@@ -228,7 +243,14 @@ def run_benchmark(config: RunConfig, steps: int, warmup: int, ddim_steps: int = 
             trainer.train_step(images)  # queues the step; nothing in it waits for the device (on CUDA)
         synchronize(device)
         train_seconds = time.perf_counter() - start
-    table = profile_step(trainer, images, device) if profile else None
+    table = None
+    if profile:
+        net.eval()
+        with torch.no_grad():
+            forward = profile_call("one forward pass, no grad (1 NFE)", lambda: amp_forward(net, x, timesteps, amp),
+                                   device)
+        net.train()
+        table = profile_call("one training step", lambda: trainer.train_step(images), device) + "\n\n" + forward
 
     forward_flops, train_flops = flops_per_image(trainer, x[:1])
     dtype = trainer.amp_dtype or torch.float32

@@ -37,9 +37,9 @@ def register(subparsers) -> None:
                         help="untimed steps and passes before the timed ones (compilation, allocator, kernel choice)")
     parser.add_argument("--ddim-steps", type=int, default=0, help="also time one DDIM batch of this many steps (0: off)")
     parser.add_argument("--profile", action="store_true",
-                        help="also profile one more training step with torch.profiler and print its table (operators "
-                             "by self time, the number of operator calls and CUDA kernels); under --json it is the "
-                             "'profile' field")
+                        help="also profile one more training step and one more forward pass with torch.profiler and "
+                             "print their tables (operators by self time, the number of operator calls and CUDA "
+                             "kernels, the share of time in casts and copies); under --json it is the 'profile' field")
     parser.add_argument("--json", action="store_true", help="print the results as JSON instead of a table")
     parser.set_defaults(func=run)
 
@@ -48,9 +48,8 @@ def run(args: argparse.Namespace) -> int:
     from ddpm.bench import format_table, run_benchmark
     from ddpm.config import make_config
 
-    train = dict(device=args.device, compile=args.compile, channels_last=args.channels_last)
-    if args.amp:
-        train["amp"] = True
+    # --amp alone decides: a preset that trains with it (cpu) is measured in float32 unless it is given.
+    train = dict(device=args.device, compile=args.compile, channels_last=args.channels_last, amp=args.amp)
     if args.batch_size is not None:
         train["batch_size"] = args.batch_size
     config = make_config(getattr(args, "preset", None) or "seed", {"train": train})
