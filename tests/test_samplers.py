@@ -17,6 +17,7 @@ from ddpm import samplers
 from ddpm.diffusion import GaussianDiffusion
 from ddpm.errors import ConfigError
 from ddpm.samplers import ddim_sample, ddpm_sample, dpm_solver_pp_2m, sampling_timesteps
+from ddpm.spacing import time_grid
 
 # The oracle comparisons at small T use short explicit beta ranges that stop short of noise on purpose; the warning
 # about them is tested in test_diffusion.py.
@@ -364,3 +365,166 @@ def test_sample_variance_flag_equals_a_model_trained_with_it(cli, tmp_path):
         assert ("fixed_small variance" if name != "large" else "fixed_large variance") in out
     np.testing.assert_array_equal(images["override"], images["small"])
     assert not np.array_equal(images["large"], images["small"])
+
+
+# ---------------------------------------------------------------- the multistep samplers against closed forms
+
+MU, STD = 0.3, 0.5  # one-dimensional Gaussian data N(MU, STD^2)
+
+
+class IdealGaussian(torch.nn.Module):
+    """The exact E[x_0 | x_t] of Gaussian data, mu + alpha s^2 (x_t - alpha mu) / (alpha^2 s^2 + sigma^2), returned
+    as eps, x_0 or v: a network trained to perfection on that data."""
+
+    def __init__(self, diffusion: GaussianDiffusion):
+        super().__init__()
+        self.abar, self.prediction = diffusion.alphas_cumprod.double(), diffusion.prediction
+
+    def forward(self, x, t):
+        a2 = self.abar[t].view(-1, 1, 1, 1).to(x.dtype)
+        a, sigma = a2.sqrt(), (1 - a2).sqrt()
+        x0 = MU + a * STD**2 * (x - a * MU) / (a2 * STD**2 + sigma**2)
+        eps = (x - a * x0) / sigma
+        return {"eps": eps, "x0": x0, "v": a * eps - sigma * x0}[self.prediction]
+
+
+def exact_flow(diffusion: GaussianDiffusion, x_T: torch.Tensor) -> torch.Tensor:
+    """Where the probability-flow ODE takes x_T for Gaussian data: every marginal is Gaussian, N(alpha mu, alpha^2
+    s^2 + sigma^2), and the ODE keeps each point's standardised value, so x_0 = mu + s (x_T - alpha_T mu) / sqrt(...)."""
+    a2 = diffusion.alphas_cumprod[-1].double()
+    return MU + STD * (x_T - a2.sqrt() * MU) / (a2 * STD**2 + 1 - a2).sqrt()
+
+
+@pytest.mark.parametrize("prediction", ["eps", "v"])
+@pytest.mark.parametrize("spacing", ["uniform", "quadratic"])
+def test_ipndm_matches_gaussian_data_with_ten_calls(prediction, spacing):
+    """iPNDM's fourth-order steps follow the ODE: with 10 calls its samples have the data's mean and std within 10%,
+    and their errors against the exact flow are at most half of DDIM's with the same calls and spacing."""
+    d = GaussianDiffusion(1000, prediction=prediction)
+    model = IdealGaussian(d)
+    x_T = torch.randn(20_000, 1, 1, 1, generator=gen(0), dtype=torch.float64)
+    exact = exact_flow(d, x_T)
+    errors = {}
+    for name in ("ipndm", "ddim"):
+        out = samplers.sample(model, d, x_T.clone(), name, 10, clip_denoised=False, spacing=spacing)
+        errors[name] = (abs(out.mean() - exact.mean()).item(), abs(out.std() / exact.std() - 1).item())
+        if name == "ipndm":
+            assert abs(out.mean().item() - MU) < 0.1 * MU and abs(out.std().item() / STD - 1) < 0.1
+    assert errors["ipndm"][1] <= 0.5 * errors["ddim"][1]
+    assert errors["ipndm"][0] <= max(0.5 * errors["ddim"][0], 1e-3)
+
+
+@pytest.mark.parametrize("name", ["dpm++2m", "dpm++3m", "ipndm"])
+def test_multistep_samplers_converge_to_the_exact_flow(name):
+    """More steps, smaller error: at 50 calls every multistep sampler lands within 1% of the exact ODE map."""
+    d = GaussianDiffusion(1000)
+    x_T = torch.randn(4000, 1, 1, 1, generator=gen(1), dtype=torch.float64)
+    exact = exact_flow(d, x_T)
+    out = samplers.sample(IdealGaussian(d), d, x_T.clone(), name, 50, clip_denoised=False, spacing="logsnr")
+    assert (out - exact).abs().max().item() < 0.01 * exact.abs().max().item()
+
+
+@pytest.mark.parametrize("T, steps", [(1000, 10), (1000, 20), (100, 8)])
+def test_dpm_solver_pp_3m_matches_diffusers(T, steps):
+    """DPM-Solver++(3M) against diffusers' ``DPMSolverMultistepScheduler(solver_order=3)``: warm-up orders 1 and 2,
+    the step to sigma = 0 first order and, below 15 steps, the one before it second order (lower_order_final)."""
+    d = GaussianDiffusion(T)
+    model = NearOptimalEps(d)
+    x_T = torch.randn(SHAPE, generator=gen(32))
+    ours = d.sample(model, SHAPE, "dpm++3m", steps=steps, clip_denoised=False, x_T=x_T.clone())
+    ref = DPMSolverMultistepScheduler(num_train_timesteps=T, beta_start=1000 / T * 1e-4, beta_end=1000 / T * 0.02,
+                                      beta_schedule="linear", solver_order=3)
+    assert ref.config.lower_order_final and ref.config.final_sigmas_type == "zero"
+    ref.set_timesteps(steps)
+    theirs = diffusers_loop(ref, model, x_T.clone(), ref.timesteps)
+    torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-4)
+    second = d.sample(model, SHAPE, "dpm++2m", steps=steps, clip_denoised=False, x_T=x_T.clone())
+    assert (second - ours).abs().max().item() > 1e-3  # the third-order terms matter, so the test can fail
+
+
+def test_ipndm_orders_are_adams_bashforth():
+    """Each row of weights sums to 1 (a constant eps is extrapolated exactly) and integrates t^k exactly up to its
+    order, the defining property of Adams-Bashforth: sum_j w_j (-j)^k = 1 / (k + 1) over one unit step."""
+    for order, weights in samplers.ADAMS_BASHFORTH.items():
+        for k in range(order):
+            assert sum(w * (-j) ** k for j, w in enumerate(weights)) == pytest.approx(1 / (k + 1))
+
+
+def test_ipndm_with_order_one_is_ddim():
+    d = GaussianDiffusion(200, 1e-3, 0.1)
+    x_T = torch.randn(SHAPE, generator=gen(33))
+    grid = sampling_timesteps(200, 12)
+    ours = samplers.ipndm(ToyEps(), d, x_T.clone(), grid, order=1, clip_denoised=False)
+    ddim = ddim_sample(ToyEps(), d, x_T.clone(), grid, clip_denoised=False)
+    torch.testing.assert_close(ours, ddim, rtol=1e-5, atol=1e-5)
+
+
+# ---------------------------------------------------------------- guidance with every sampler
+
+CLASS_MEANS, CLASS_STD = (-0.5, 0.5), 0.2
+
+
+class TwoGaussians(torch.nn.Module):
+    """The ideal class-conditional eps of data that is N(-0.5, 0.2^2) for class 0 and N(0.5, 0.2^2) for class 1,
+    with label 2 ("no class") the exact eps of their even mixture."""
+
+    num_classes = 2
+
+    def __init__(self, diffusion: GaussianDiffusion):
+        super().__init__()
+        self.abar = diffusion.alphas_cumprod.double()
+
+    def forward(self, x, t, labels):
+        a2 = self.abar[t].view(-1, 1, 1, 1).to(x.dtype)
+        a, var = a2.sqrt(), a2 * CLASS_STD**2 + 1 - a2
+        posterior = [m + a * CLASS_STD**2 * (x - a * m) / var for m in CLASS_MEANS]
+        w = torch.softmax(torch.stack([-(x - a * m) ** 2 / (2 * var) for m in CLASS_MEANS]), 0)
+        label = labels.view(-1, 1, 1, 1)
+        x0 = torch.where(label == 0, posterior[0],
+                         torch.where(label == 1, posterior[1], w[0] * posterior[0] + w[1] * posterior[1]))
+        return (x - a * x0) / (1 - a2).sqrt()
+
+
+@pytest.mark.parametrize("name", list(samplers.SAMPLERS))
+def test_guidance_with_every_sampler_draws_the_class_or_the_mixture(name):
+    """Scale 1 draws class 0 (mean -0.5, almost nothing past 0); scale 0 the mixture (mean 0, half past 0)."""
+    d = GaussianDiffusion(100)
+    model = TwoGaussians(d)
+    n = 2000
+    for scale, mean, past_zero in ((1.0, -0.5, 0.0), (0.0, 0.0, 0.5)):
+        x = d.sample(model, (n, 1, 1, 1), name, steps=None if name == "ddpm" else 20, clip_denoised=False,
+                     generator=[gen(i) for i in range(n)], labels=torch.zeros(n, dtype=torch.long),
+                     guidance_scale=scale)
+        assert abs(x.mean().item() - mean) < 0.03
+        assert abs((x > 0).double().mean().item() - past_zero) < 0.04
+
+
+# ---------------------------------------------------------------- the registry
+
+
+def test_a_sampler_registered_outside_the_package_samples_everywhere(cli, tmp_path):
+    """A new sampler is one function and one registration: diffusion.sample, `ddpm sample --sampler` and its
+    --help take it, and it gets the spacing's grid."""
+    from conftest import write_model_file
+
+    seen = []
+
+    def x0_at_first_step(model, diffusion, x_T, timesteps, clip_denoised, callback, **_):
+        seen.append(list(timesteps))
+        return samplers.ipndm(model, diffusion, x_T, timesteps[:1], 1, clip_denoised, callback)
+
+    samplers.register_sampler("first-x0", samplers.Sampler(x0_at_first_step, "one step to x_0", default_steps=3))
+    try:
+        d = GaussianDiffusion(50, 1e-3, 0.2)
+        out = d.sample(ToyEps(), SHAPE, "first-x0", generator=gen(0), spacing="quadratic")
+        assert out.shape == SHAPE and seen[-1] == time_grid("quadratic", d, 3, call_at_zero=False)
+        model = write_model_file(tmp_path / "m.safetensors", {"timesteps": 6, "schedule": "cosine"})
+        code, out, err = cli("sample", "--load-model", model, "--num-samples", "2", "--sampler", "first-x0",
+                             "--npz", tmp_path / "s.npz", "--device", "cpu")
+        assert code == 0, err
+        assert len(np.load(tmp_path / "s.npz")["arr_0"]) == 2 and len(seen) == 2  # the CLI called it too
+        assert "first-x0: one step to x_0" in samplers.sampler_help()
+        with pytest.raises(ValueError):
+            samplers.register_sampler("first-x0", samplers.SAMPLERS["ddim"])
+    finally:
+        del samplers.SAMPLERS["first-x0"]

@@ -5,8 +5,9 @@ layer or below, wherever the import stands; tests/test_layers.py checks it, and 
 
     errors                                       # the one-line errors and warnings the CLI prints
     schedules, files, runlog                     # beta_t and its coefficients; bytes on disk; the run's JSON logs
+    spacing, samplers                            # where the steps go; the sampling loops and their registry
     config                                       # the dataclasses: flags, defaults, constraints, presets
-    samplers, unet, ema, distributed, guidance   # sampling loops; the network; EMA; devices and ranks; CFG
+    unet, ema, distributed, guidance             # the network; EMA; devices and ranks; CFG
     diffusion, likelihood, ddpm                  # forward process, loss and sampling; the bound in bits/dim; names
     datasets, data, checkpoint, diffusers_format # read images/data sets; the training stream; checkpoints; diffusers
     model_io, generate, editing, metrics, probe  # load/export models; images from noise, from images; FID; probe

@@ -17,15 +17,16 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from ddpm.errors import ConfigError
+from ddpm.samplers import SAMPLERS  # the live registry: a sampler registered later is a valid choice too
 from ddpm.schedules import PREDICTIONS, SCHEDULES, VARIANCES, NoiseSchedule
+from ddpm.spacing import SPACINGS
 
 
 _DURATION = re.compile(r"(?:(\d+(?:\.\d*)?)h)?(?:(\d+(?:\.\d*)?)m(?:in)?)?(?:(\d+(?:\.\d*)?)s)?")
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DEVICE_HELP = "device (auto: CUDA when available, else Apple's MPS, else the CPU)"
-SAMPLERS = ("ddpm", "ddim", "dpm++2m")
-LOSS_WEIGHTS = ("uniform", "min-snr")  # the samplers of ddpm.samplers, by the names every command takes
+LOSS_WEIGHTS = ("uniform", "min-snr")
 # Precision/recall use each sample's 3rd nearest neighbour, so every evaluation needs at least 4 samples.
 MIN_EVAL_SAMPLES = 4
 
@@ -151,6 +152,20 @@ class DiffusionConfig:
         "sqrt(1 - alpha-bar) x0 (Salimans & Ho 2022). Every sampler, the loss and the diffusers export follow it",
         choices=PREDICTIONS,
     )
+    sampler: str = _opt("ddpm", "the sampler that sampling uses when given none; `ddpm export --sampler` records a "
+                                "measured choice", choices=SAMPLERS, cli=False)
+    time_spacing: str = _opt("uniform", "where that sampler's steps go (ddpm.spacing)", choices=SPACINGS, cli=False)
+    sampling_steps: int = _opt(0, "that sampler's network calls per image; 0: its own default", cli=False,
+                               bound="non_negative")
+
+    def sampling(self, sampler: str | None, steps: int | None, spacing: str | None) -> tuple[str, int | None, str]:
+        """The (sampler, steps, spacing) to sample with: those given, the rest from this file's recommendation when
+        no other sampler is asked for; another sampler gets its own defaults (uniform spacing; None steps: all T
+        for ddpm, 50 for the others), so ``--sampler ddpm`` alone is Ho et al.'s sampler."""
+        if sampler is None or sampler == self.sampler:
+            return (self.sampler, (self.sampling_steps or None) if steps is None else steps,
+                    spacing or self.time_spacing)
+        return sampler, steps, spacing or "uniform"
 
 
 @dataclass(frozen=True)
@@ -411,6 +426,9 @@ def validate(config: RunConfig) -> None:
         raise ConfigError(f"class names must be distinct, got {list(m.class_names)}")
     if m.guidance_scale != 1.0 and not m.class_cond:
         raise ConfigError(f"--guidance-scale {m.guidance_scale} needs a class-conditional network (--class-cond)")
+    if d.sampler not in SAMPLERS or d.time_spacing not in SPACINGS:
+        raise ConfigError(f"unknown recommended sampler {d.sampler!r} or spacing {d.time_spacing!r}; choose from "
+                          f"{', '.join(SAMPLERS)} and {', '.join(SPACINGS)}")
     if t.fid_every and t.fid_samples < MIN_EVAL_SAMPLES:
         raise ConfigError(f"--fid-samples must be at least {MIN_EVAL_SAMPLES}, got {t.fid_samples}")
     if not 0 <= m.time_freq_shift < m.nf // 2:  # nf/2 frequencies spaced over (nf/2 - shift) intervals

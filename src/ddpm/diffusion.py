@@ -73,10 +73,11 @@ class GaussianDiffusion(NoiseSchedule):
     def sample(self, model: Model, shape: tuple[int, ...], sampler: str = "ddpm", steps: int | None = None,
                eta: float = 0.0, clip_denoised: bool = True, generator=None, device=None, callback=None,
                x_T: torch.Tensor | None = None, labels: torch.Tensor | None = None,
-               guidance_scale: float = 1.0) -> torch.Tensor:
-        """Draw samples in [-1, 1] with ``sampler`` in {"ddpm", "ddim", "dpm++2m"} (see :mod:`ddpm.samplers`).
+               guidance_scale: float = 1.0, spacing: str = "uniform") -> torch.Tensor:
+        """Draw samples in [-1, 1] with ``sampler``, a name of :data:`ddpm.samplers.SAMPLERS`.
 
-        ``steps=None`` means all T steps for "ddpm" and 50 for the others. ``generator`` is a
+        ``steps=None`` means all T steps for "ddpm" and 50 for the others; ``spacing`` places them
+        (:func:`ddpm.spacing.time_grid`). ``generator`` is a
         ``torch.Generator`` or a list of one per image (per-image seeds); ``device=None`` is the model's device.
         For a class-conditional network, ``labels`` (int64 (B,); None: "no class" for every image) are the classes
         asked for and ``guidance_scale`` s the classifier-free guidance, eps(x, no class) + s (eps(x, c) - eps(x,
@@ -90,4 +91,4 @@ class GaussianDiffusion(NoiseSchedule):
             x_T = samplers.randn(shape, generator, device)
         model = guidance.guided_model(model, labels, guidance_scale)
         return samplers.sample(model, self, x_T, sampler=sampler, steps=steps, eta=eta,
-                               clip_denoised=clip_denoised, generator=generator, callback=callback)
+                               clip_denoised=clip_denoised, generator=generator, callback=callback, spacing=spacing)

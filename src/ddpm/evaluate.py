@@ -34,7 +34,8 @@ def sample_features(model: torch.nn.Module, diffusion: GaussianDiffusion, num_sa
                     keep_dir: str | Path | None = None, progress: bool = True, amp: bool = False,
                     network: torch.nn.Module | None = None,
                     on_batch: Callable[[list[int], torch.Tensor], None] | None = None,
-                    labels: Sequence[int] | None = None, guidance_scale: float | None = None) -> np.ndarray:
+                    labels: Sequence[int] | None = None, guidance_scale: float | None = None,
+                    spacing: str = "uniform") -> np.ndarray:
     """Inception pool3 features (N, 2048) of ``num_samples`` images drawn with seeds ``seed .. seed + N - 1``.
 
     Each batch is scored as soon as it is sampled; with ``keep_dir`` it is also written there as PNGs named by
@@ -42,7 +43,7 @@ def sample_features(model: torch.nn.Module, diffusion: GaussianDiffusion, num_sa
     the exact Inception network (see :func:`ddpm.metrics.inception_features`). ``on_batch`` gets each scored batch's
     seeds and uint8 images (B, H, W, C), e.g. to keep some of them without sampling them again. ``labels`` and
     ``guidance_scale`` are those of :func:`ddpm.generate.generate` (a class-conditional model's classes, by default
-    class-balanced, and its guidance). Grayscale images are scored as RGB with three equal channels.
+    class-balanced, and its guidance) and ``spacing`` its step spacing. Grayscale images are scored as RGB with three equal channels.
     """
     device = device or next(model.parameters()).device
     features = np.empty((num_samples, 2048), dtype=np.float64)
@@ -62,7 +63,7 @@ def sample_features(model: torch.nn.Module, diffusion: GaussianDiffusion, num_sa
             on_batch(seeds, images)
 
     generate(model, diffusion, range(seed, seed + num_samples), batch_size, score_batch, sampler, steps,
-             device=device, progress=progress, amp=amp, labels=labels, guidance_scale=guidance_scale)
+             device=device, progress=progress, amp=amp, labels=labels, guidance_scale=guidance_scale, spacing=spacing)
     return features
 
 
@@ -91,7 +92,8 @@ def score(features: np.ndarray, reference: FeatureStats, seed: int = 0,
 def evaluate(model: torch.nn.Module, diffusion: GaussianDiffusion, reference: FeatureStats, num_samples: int,
              sampler: str, steps: int, seed: int = 0, batch_size: int = 64, device: torch.device | None = None,
              keep_dir: str | Path | None = None, progress: bool = True, amp: bool = False,
-             guidance_scale: float | None = None, probe: LinearProbe | None = None) -> dict[str, Any]:
+             guidance_scale: float | None = None, probe: LinearProbe | None = None,
+             spacing: str = "uniform") -> dict[str, Any]:
     """Sample ``num_samples`` images with ``sampler`` in ``steps`` steps and score them against ``reference``.
 
     ``reference`` comes from :func:`ddpm.metrics.load_source` (built-in CIFAR-10 statistics are cached after the
@@ -116,7 +118,7 @@ def evaluate(model: torch.nn.Module, diffusion: GaussianDiffusion, reference: Fe
     if k is not None and guidance_scale is None:
         guidance_scale = model.config.guidance_scale
     features = sample_features(model, diffusion, num_samples, sampler, steps, seed, batch_size, device, keep_dir,
-                               progress, amp, labels=labels, guidance_scale=guidance_scale)
+                               progress, amp, labels=labels, guidance_scale=guidance_scale, spacing=spacing)
     metrics = score(features, reference, seed, device.type)
     conditional: dict[str, Any] = {}
     if k is not None:
@@ -125,7 +127,7 @@ def evaluate(model: torch.nn.Module, diffusion: GaussianDiffusion, reference: Fe
             conditional.update(probe_accuracy=probe.accuracy(features, labels, model.config.class_names),
                                probe_test_accuracy=probe.test_accuracy, probe_train_images=probe.train_images,
                                probe_test_images=probe.test_images)
-    return {"sampler": sampler, "steps": steps, "num_samples": num_samples, "seed": seed, "amp": amp,
+    return {"sampler": sampler, "spacing": spacing, "steps": steps, "num_samples": num_samples, "seed": seed, "amp": amp,
             "variance": diffusion.variance, **conditional, **metrics, "wall_sec": time.perf_counter() - start}
 
 

@@ -43,14 +43,14 @@ def generate(model: torch.nn.Module, diffusion: GaussianDiffusion, seeds: Sequen
              on_batch: Callable[[list[int], torch.Tensor], None], sampler: str = "ddim", steps: int | None = None,
              eta: float = 0.0, clip_denoised: bool = True, device: torch.device | None = None,
              progress: bool = True, amp: bool = False, labels: Sequence[int] | None = None,
-             guidance_scale: float | None = None) -> float:
+             guidance_scale: float | None = None, spacing: str = "uniform") -> float:
     """Sample one image per seed and hand each batch to ``on_batch(seeds, uint8 NHWC images)``.
 
     ``amp`` runs the network under autocast (bfloat16 where the device has it, see
     :func:`ddpm.distributed.amp_dtype`); the sampler's own arithmetic stays float32. For a class-conditional model,
     ``labels`` holds the class of each seed (default: :func:`balanced_labels`) and ``guidance_scale`` the
-    classifier-free guidance (default: the model's recommended ``config.guidance_scale``).
-    Returns the images per second achieved.
+    classifier-free guidance (default: the model's recommended ``config.guidance_scale``); ``spacing`` places the
+    sampler's steps (:func:`ddpm.spacing.time_grid`). Returns the images per second achieved.
     """
     device = device or next(model.parameters()).device
     c, r = model.config.in_channels, model.config.resolution
@@ -71,7 +71,7 @@ def generate(model: torch.nn.Module, diffusion: GaussianDiffusion, seeds: Sequen
         with autocast(device, dtype):
             x = diffusion.sample(model, (len(chunk), c, r, r), sampler=sampler, steps=steps, eta=eta,
                                  clip_denoised=clip_denoised, generator=generators, device=device,
-                                 labels=chunk_labels, guidance_scale=guidance_scale)
+                                 labels=chunk_labels, guidance_scale=guidance_scale, spacing=spacing)
         on_batch(chunk, to_uint8(x))
         bar.update(len(chunk))
     bar.close()

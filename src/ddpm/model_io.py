@@ -22,6 +22,9 @@ from ddpm.config import RunConfig, replace, validate, without_paths
 from ddpm.diffusion import GaussianDiffusion
 from ddpm.errors import CheckpointError, ConfigError, DDPMError
 from ddpm.files import atomic_write, read_safetensors, safetensors_bytes
+from ddpm.samplers import SAMPLERS
+from ddpm.schedules import NoiseSchedule
+from ddpm.spacing import time_grid
 from ddpm.unet import UNet
 
 WEIGHTS = ("ema", "raw")
@@ -115,12 +118,30 @@ def _with_guidance(loaded: LoadedModel, guidance_scale: float | None) -> RunConf
     return config
 
 
+def _with_sampling(config: RunConfig, sampling: dict[str, Any] | None) -> RunConfig:
+    """``config`` with the recommended sampler, time spacing and steps of ``sampling`` (keys of
+    :class:`~ddpm.config.DiffusionConfig`: ``sampler``, ``time_spacing``, ``sampling_steps``), checked against the
+    schedule; a new sampler without steps or spacing gets its own defaults."""
+    given = {k: v for k, v in (sampling or {}).items() if v is not None}
+    if not given:
+        return config
+    if "sampler" in given:
+        given = {"time_spacing": "uniform", "sampling_steps": 0, **given}
+    config = replace(config, "diffusion", **given)
+    validate(config)
+    d = config.diffusion
+    if d.sampling_steps:
+        time_grid(d.time_spacing, NoiseSchedule.from_config(d), d.sampling_steps, SAMPLERS[d.sampler].call_at_zero)
+    return config
+
+
 def export_safetensors(source: str | Path, output: str | Path, weights: str = "ema",
-                       guidance_scale: float | None = None) -> Path:
+                       guidance_scale: float | None = None, sampling: dict[str, Any] | None = None) -> Path:
     """Write the EMA (or raw) weights of a run or checkpoint as safetensors, config and step in the metadata;
-    ``guidance_scale`` sets a class-conditional model's recommended scale (what sampling uses when given none)."""
+    ``guidance_scale`` sets a class-conditional model's recommended scale and ``sampling`` its recommended sampler,
+    time spacing and steps (see :func:`_with_sampling`): what sampling uses when given none."""
     loaded = load_model(source, "cpu", weights)
-    config = _with_guidance(loaded, guidance_scale)
+    config = _with_sampling(_with_guidance(loaded, guidance_scale), sampling)
     output = Path(output)
     tensors = {k: v.contiguous() for k, v in loaded.model.state_dict().items()}
     metadata = {"config": json.dumps(without_paths(config).to_dict()), "step": str(loaded.step),

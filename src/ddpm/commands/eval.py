@@ -20,10 +20,10 @@ import sys
 from pathlib import Path
 
 from ddpm.commands.options import (
-    GUIDANCE_HELP, MODEL_SOURCES, HelpFormatter, add_amp_argument, add_compile_argument, add_variance_argument,
-    conditioning, guidance_scales, positive_int,
+    GUIDANCE_HELP, MODEL_SOURCES, HelpFormatter, add_amp_argument, add_compile_argument, add_sampler_arguments,
+    add_variance_argument, conditioning, guidance_scales, positive_int,
 )
-from ddpm.config import DEVICES, MIN_EVAL_SAMPLES, SAMPLERS
+from ddpm.config import DEVICES, MIN_EVAL_SAMPLES
 
 EXAMPLE = """examples:
   ddpm eval runs/cifar10 --num-samples 50000 --sampler ddpm --sampling-steps 1000 --batch-size 500
@@ -49,10 +49,10 @@ def register(subparsers) -> None:
     parser.add_argument("checkpoint", metavar="CHECKPOINT", help=MODEL_SOURCES)
     parser.add_argument("--num-samples", type=positive_int, default=50_000, metavar="N",
                         help="images to sample per step count (papers: 50,000; FID is biased upwards for fewer)")
-    parser.add_argument("--sampler", choices=SAMPLERS, default="ddpm",
-                        help="ddpm: ancestral (Ho et al.); ddim: Song et al. (eta 0); dpm++2m: DPM-Solver++(2M)")
-    parser.add_argument("--sampling-steps", type=_step_list, required=True, metavar="K[,K...]",
-                        help="network evaluations per image (1000 for Ho et al.'s FID); a comma list is a sweep")
+    add_sampler_arguments(parser)
+    parser.add_argument("--sampling-steps", type=_step_list, default=None, metavar="K[,K...]",
+                        help="network evaluations per image (1000 for Ho et al.'s FID); a comma list is a sweep; "
+                             "default: the file's recommendation with its sampler, else the sampler's default")
     parser.add_argument("--reference", default="cifar10-train",
                         help="what to compare with: cifar10-train, cifar10-test, or any images or statistics that "
                              "`ddpm fid` accepts as B (folder, archive, .npz)")
@@ -107,6 +107,7 @@ def run(args: argparse.Namespace) -> int:
     from ddpm.metrics import load_source, source_kind
     from ddpm.runlog import append_eval, eval_record
     from ddpm.model_io import load_model
+    from ddpm.samplers import default_steps
 
     if args.num_samples < MIN_EVAL_SAMPLES:
         raise ConfigError(f"--num-samples must be at least {MIN_EVAL_SAMPLES} (precision/recall use the 3rd nearest "
@@ -119,9 +120,11 @@ def run(args: argparse.Namespace) -> int:
     if args.probe is not None and not loaded.config.model.class_cond:
         raise ConfigError(f"{loaded.source} is not class-conditional, so --probe does not apply")
     scales = args.guidance_scale or [None]
-    if len(scales) > 1 and len(args.sampling_steps) > 1:
+    if len(scales) > 1 and args.sampling_steps and len(args.sampling_steps) > 1:
         raise ConfigError("sweep --sampling-steps or --guidance-scale, not both at once")
-    check_steps(loaded.diffusion, args.sampler, args.sampling_steps)
+    sampler, steps, spacing = loaded.config.diffusion.sampling(args.sampler, None, args.time_spacing)
+    step_list = args.sampling_steps or [default_steps(sampler, loaded.diffusion.timesteps) if steps is None else steps]
+    check_steps(loaded.diffusion, sampler, step_list)
     run_dir = loaded.source if loaded.source.is_dir() else loaded.source.parent  # a diffusers folder is its own
     print(f"{loaded.source} (step {loaded.step}, {loaded.weights} weights); results go to {run_dir}",
           file=sys.stderr)
@@ -136,25 +139,26 @@ def run(args: argparse.Namespace) -> int:
     reference = load_source(args.reference, data_dir=args.data_dir, device=args.device)
     model = torch.compile(loaded.model) if args.compile else loaded.model
     reference_name = args.reference if kind == "reference" else str(Path(args.reference).resolve())
-    sweep = len(args.sampling_steps) > 1
+    sweep = len(step_list) > 1
     records = []
-    for steps in args.sampling_steps:
+    for steps in step_list:
         for scale in scales:
             keep = None
             if args.keep_samples:
-                name = f"{args.sampler}-{steps}" + (f"-s{scale:g}" if len(scales) > 1 else "")
+                name = f"{sampler}-{steps}" + (f"-s{scale:g}" if len(scales) > 1 else "")
                 keep = Path(args.keep_samples) / name if sweep or len(scales) > 1 else Path(args.keep_samples)
-            result = evaluate(model, loaded.diffusion, reference, args.num_samples, args.sampler, steps, args.seed,
-                              args.batch_size, device, keep, amp=args.amp, guidance_scale=scale, probe=probe)
+            result = evaluate(model, loaded.diffusion, reference, args.num_samples, sampler, steps, args.seed,
+                              args.batch_size, device, keep, amp=args.amp, guidance_scale=scale, probe=probe,
+                              spacing=spacing)
             record = eval_record(result, checkpoint=loaded.source, step=loaded.step, weights=loaded.weights,
                                  reference=reference_name, reference_images=reference.num_images)
             append_eval(run_dir, record)
             records.append(record)
             print(_summary(record), flush=True)
-    title = f"{args.sampler}, {args.num_samples} samples, step {loaded.step} ({loaded.weights})"
+    title = f"{sampler} ({spacing}), {args.num_samples} samples, step {loaded.step} ({loaded.weights})"
     if sweep:
         print(f"wrote {plot_fid_vs_nfe(records, run_dir / FID_PLOT, title)}")
     if len(scales) > 1:
-        title = f"{args.sampler} {args.sampling_steps[0]} steps, {args.num_samples} samples, step {loaded.step}"
+        title = f"{sampler} {step_list[0]} steps, {args.num_samples} samples, step {loaded.step}"
         print(f"wrote {plot_guidance_sweep(records, run_dir / GUIDANCE_PLOT, title)}")
     return 0

@@ -9,6 +9,8 @@ import typing
 from typing import Any
 
 from ddpm.config import PRESETS, SECTIONS, DiffusionConfig, flag_name
+from ddpm.samplers import SAMPLERS, sampler_help
+from ddpm.spacing import SPACINGS
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -53,6 +55,19 @@ def add_variance_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--variance", choices=variance.metadata["choices"], default=None,
                         help=f"{variance.metadata['help']}; None: the one the model was trained with. Only ancestral "
                              "sampling (--sampler ddpm) and the bound use it")
+
+
+def add_sampler_arguments(parser: argparse.ArgumentParser, default: str | None = None) -> None:
+    """``--sampler`` and ``--time-spacing``, their choices and help from the registries (:data:`ddpm.samplers.SAMPLERS`,
+    :data:`ddpm.spacing.SPACINGS`); None defaults mean the model file's recommendation
+    (:meth:`ddpm.config.DiffusionConfig.sampling`)."""
+    recommended = "default: the model file's recommended sampler (ddpm where it records none)"
+    parser.add_argument("--sampler", choices=SAMPLERS, default=default, metavar="{" + ",".join(SAMPLERS) + "}",
+                        help=sampler_help() + ("" if default else "; " + recommended))
+    parser.add_argument("--time-spacing", choices=SPACINGS, default=None,
+                        help="where the steps go: even in t (uniform), in t squared (quadratic), in log-SNR (logsnr) "
+                             "or Karras et al.'s rho = 7 (karras); default: the file's recommendation with its "
+                             "sampler, else uniform")
 
 
 def add_amp_argument(parser: argparse.ArgumentParser) -> None:

@@ -18,9 +18,9 @@ import torch
 
 from ddpm.commands.options import (
     GUIDANCE_HELP, MODEL_SOURCES, HelpFormatter, add_amp_argument, add_class_argument, add_compile_argument,
-    add_variance_argument, conditioning, guidance_scale,
+    add_sampler_arguments, add_variance_argument, conditioning, guidance_scale,
 )
-from ddpm.config import DEVICE_HELP, DEVICES, SAMPLERS
+from ddpm.config import DEVICE_HELP, DEVICES
 
 
 def register(subparsers) -> None:
@@ -28,10 +28,10 @@ def register(subparsers) -> None:
                                    formatter_class=HelpFormatter)
     parser.add_argument("--load-model", required=True, metavar="PATH", help=MODEL_SOURCES)
     parser.add_argument("--num-samples", type=int, default=64, help="number of images")
-    parser.add_argument("--sampler", choices=SAMPLERS, default="ddpm",
-                        help="ddpm: ancestral (Ho et al.); ddim: Song et al.; dpm++2m: DPM-Solver++(2M)")
+    add_sampler_arguments(parser)
     parser.add_argument("--sampling-steps", type=int, default=None,
-                        help="network evaluations; default: all T for ddpm, 50 for ddim and dpm++2m")
+                        help="network evaluations; default: the file's recommendation with its sampler, else all T "
+                             "for ddpm and 50 for the others")
     parser.add_argument("--eta", type=float, default=0.0, help="DDIM stochasticity (0: deterministic)")
     parser.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
     parser.add_argument("--seed", type=int, default=0, help="image i uses seed SEED + i")
@@ -109,6 +109,7 @@ def run(args: argparse.Namespace) -> int:
     from ddpm.errors import ConfigError
     from ddpm.generate import generate, image_path, save_png
     from ddpm.model_io import load_model
+    from ddpm.samplers import default_steps
 
     if args.num_samples <= 0 or args.batch_size <= 0:
         raise ConfigError("--num-samples and --batch-size must be positive")
@@ -121,6 +122,8 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError("under torchrun pass --output-dir: each rank writes its share of the images there")
         loaded = load_model(args.load_model, dist.device, args.weights, args.variance)
         classes = conditioning(loaded, args.classes, args.guidance_scale)
+        sampler, steps, spacing = loaded.config.diffusion.sampling(args.sampler, args.sampling_steps,
+                                                                   args.time_spacing)
         seeds = [args.seed + i for i in range(args.num_samples)]
         if loaded.model.num_classes is not None:  # image i's class: the (i mod n)-th of --class, else i mod K
             cycle = classes or list(range(loaded.model.num_classes))
@@ -132,14 +135,16 @@ def run(args: argparse.Namespace) -> int:
         labels = None if loaded.model.num_classes is None else [label_of[s] for s in todo]
         if dist.is_main:
             conditional = ""
-            variance = f" ({loaded.diffusion.variance} variance)" if args.sampler == "ddpm" else ""
+            variance = f" ({loaded.diffusion.variance} variance)" if sampler == "ddpm" else ""
             if labels is not None:
                 names = loaded.config.model.class_names
                 shown = ", ".join(names[k] for k in (classes or range(len(names))))
                 scale = loaded.config.model.guidance_scale if args.guidance_scale is None else args.guidance_scale
                 conditional = f", classes {shown}, guidance scale {scale:g}"
             print(f"{loaded.source} (step {loaded.step}, {loaded.weights} weights): {len(seeds)} images, "
-                  f"{len(seeds) - len(missing)} already written, sampler {args.sampler}{variance}{conditional}")
+                  f"{len(seeds) - len(missing)} already written, sampler {sampler}{variance}, "
+                  f"{default_steps(sampler, loaded.diffusion.timesteps) if steps is None else steps} steps "
+                  f"({spacing}){conditional}")
         kept: dict[int, np.ndarray] = {}
 
         def on_batch(batch_seeds, images):
@@ -150,9 +155,9 @@ def run(args: argparse.Namespace) -> int:
                     kept[s] = image
 
         model = torch.compile(loaded.model) if args.compile else loaded.model
-        rate = generate(model, loaded.diffusion, todo, args.batch_size, on_batch, args.sampler,
-                        args.sampling_steps, args.eta, not args.no_clip, dist.device, progress=dist.is_main,
-                        amp=args.amp, labels=labels, guidance_scale=args.guidance_scale)
+        rate = generate(model, loaded.diffusion, todo, args.batch_size, on_batch, sampler, steps, args.eta,
+                        not args.no_clip, dist.device, progress=dist.is_main, amp=args.amp, labels=labels,
+                        guidance_scale=args.guidance_scale, spacing=spacing)
         barrier(dist)
         if not dist.is_main:
             return 0

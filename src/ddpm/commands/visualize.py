@@ -26,8 +26,8 @@ import dataclasses
 from pathlib import Path
 
 from ddpm.commands.options import (
-    GUIDANCE_HELP, MODEL_SOURCES, HelpFormatter, add_class_argument, add_image_source, add_variance_argument,
-    guidance_scale, guidance_scales, positive_int,
+    GUIDANCE_HELP, MODEL_SOURCES, HelpFormatter, add_class_argument, add_image_source, add_sampler_arguments,
+    add_variance_argument, guidance_scale, guidance_scales, positive_int,
 )
 from ddpm.config import DEVICE_HELP, DEVICES
 
@@ -47,7 +47,7 @@ EXAMPLES = """examples:
 
 
 def register(subparsers) -> None:
-    from ddpm.config import PRESETS, SAMPLERS, DiffusionConfig
+    from ddpm.config import PRESETS, DiffusionConfig
 
     parser = subparsers.add_parser("visualize", help="figures of the forward and reverse process, loss and network",
                                    description=__doc__, epilog=EXAMPLES, formatter_class=HelpFormatter)
@@ -89,8 +89,7 @@ def register(subparsers) -> None:
     add_checkpoint(trajectory)
     trajectory.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3],
                             help="one image per seed, the image `ddpm sample --seed` draws for it")
-    trajectory.add_argument("--sampler", choices=SAMPLERS, default="ddpm",
-                            help="ddpm: ancestral (Ho et al.); ddim: Song et al.; dpm++2m: DPM-Solver++(2M)")
+    add_sampler_arguments(trajectory, default="ddpm")
     trajectory.add_argument("--sampling-steps", type=positive_int, default=None,
                             help="network evaluations; None: all T for ddpm, 50 for ddim and dpm++2m")
     trajectory.add_argument("--eta", type=float, default=0.0, help="DDIM stochasticity (0: deterministic)")
@@ -126,8 +125,7 @@ def register(subparsers) -> None:
     def add_sampling(sub: argparse.ArgumentParser) -> None:
         add_checkpoint(sub)
         add_class_argument(sub)
-        sub.add_argument("--sampler", choices=SAMPLERS, default="ddim",
-                         help="ddpm: ancestral (Ho et al.); ddim: Song et al.; dpm++2m: DPM-Solver++(2M)")
+        add_sampler_arguments(sub, default="ddim")
         sub.add_argument("--sampling-steps", type=positive_int, default=None,
                          help="network evaluations; None: all T for ddpm, 50 for ddim and dpm++2m")
         sub.add_argument("--seed", type=int, default=0, help="first seed")
@@ -250,7 +248,7 @@ def run_trajectory(args: argparse.Namespace) -> int:
         conditioning(loaded, args.classes, args.guidance_scale)  # refuses --class and --guidance-scale
     record = record_trajectory(loaded.model, loaded.diffusion, args.seeds, (c.in_channels, c.resolution, c.resolution),
                                strip | frames, args.sampler, args.sampling_steps, args.eta, not args.no_clip, device,
-                               labels, scale)
+                               labels, scale, args.time_spacing or "uniform")
     width, height = save_figure(trajectory_figure(record, strip), args.output, args.dpi)
     gif_width, gif_height = trajectory_gif(record, gif, args.scale, args.frame_ms)
     print(f"{loaded.source} (step {loaded.step}, {loaded.weights} weights), {args.sampler}, {total} steps, "
@@ -365,7 +363,8 @@ def run_classes(args: argparse.Namespace) -> int:
     # Image j of row r has seed SEED + j n + r: the images `ddpm sample --class` draws for these classes, in rows.
     seeds = [args.seed + j * n + r for r in range(n) for j in range(args.per_class)]
     labels = [rows[r] for r in range(n) for _ in range(args.per_class)]
-    images = draw(loaded.model, loaded.diffusion, seeds, labels, scale, args.sampler, args.sampling_steps, device)
+    images = draw(loaded.model, loaded.diffusion, seeds, labels, scale, args.sampler, args.sampling_steps, device,
+                  spacing=args.time_spacing or "uniform")
     grid = [images[r * args.per_class:(r + 1) * args.per_class] for r in range(n)]
     title = (f"{loaded.source.name} (step {loaded.step}): one row per class, guidance scale {scale:g}, "
              f"{args.sampler}")
@@ -382,8 +381,8 @@ def run_guidance(args: argparse.Namespace) -> int:
     loaded, rows, device = _conditional(args, args.scales)
     names = loaded.config.model.class_names
     seeds = [args.seed + r for r in range(len(rows))]  # row r: one seed, the same x_T in every column
-    columns = [draw(loaded.model, loaded.diffusion, seeds, rows, s, args.sampler, args.sampling_steps, device)
-               for s in args.scales]
+    columns = [draw(loaded.model, loaded.diffusion, seeds, rows, s, args.sampler, args.sampling_steps, device,
+                    spacing=args.time_spacing or "uniform") for s in args.scales]
     grid = [[column[r] for column in columns] for r in range(len(rows))]
     title = f"{loaded.source.name} (step {loaded.step}): one seed per row at guidance scale s ({args.sampler})"
     figure = labelled_grid(grid, [f"{names[k]} (seed {s})" for k, s in zip(rows, seeds)],

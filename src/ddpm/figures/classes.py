@@ -14,12 +14,13 @@ from ddpm.generate import generate
 
 
 def draw(model: torch.nn.Module, diffusion, seeds: Sequence[int], labels: Sequence[int], guidance_scale: float,
-         sampler: str, steps: int | None, device: torch.device, batch_size: int = 64) -> list[np.ndarray]:
+         sampler: str, steps: int | None, device: torch.device, batch_size: int = 64,
+         spacing: str = "uniform") -> list[np.ndarray]:
     """uint8 RGB (H, W, 3) images of ``seeds`` (a seed may repeat), image i of class ``labels[i]``, the images
-    ``ddpm sample --seed`` draws for them."""
+    ``ddpm sample --seed`` draws for them with ``sampler`` on ``spacing``'s grid."""
     images: list[np.ndarray] = []
     generate(model, diffusion, list(seeds), batch_size, lambda _, batch: images.extend(batch.numpy()), sampler, steps,
-             device=device, progress=False, labels=list(labels), guidance_scale=guidance_scale)
+             device=device, progress=False, labels=list(labels), guidance_scale=guidance_scale, spacing=spacing)
     return [_rgb(image) for image in images]
 
 

@@ -35,14 +35,15 @@ class Trajectory:
 def record_trajectory(model: Model, diffusion: GaussianDiffusion, seeds: Sequence[int], shape: tuple[int, int, int],
                       keep: set[int] | None = None, sampler: str = "ddpm", steps: int | None = None, eta: float = 0.0,
                       clip_denoised: bool = True, device: torch.device | str = "cpu", labels: Sequence[int] | None = None,
-                      guidance_scale: float = 1.0) -> Trajectory:
+                      guidance_scale: float = 1.0, spacing: str = "uniform") -> Trajectory:
     """Run ``sampler`` from the noise of ``seeds`` and keep (x_t, predicted x_0) at the step indices in ``keep``
     (all steps if None).
 
     The noise comes from one generator per seed, as in ``ddpm sample --seed``, so the last x_0 is the image that
     command draws for that seed. The samplers' ``callback(i, t, x, x0_pred)`` hands over the state *after*
     step i; the x_t that step i denoised is the state after step i - 1 (x_T for i = 0). A class-conditional model
-    draws seed i of class ``labels[i]`` (None: no class) with classifier-free guidance ``guidance_scale``.
+    draws seed i of class ``labels[i]`` (None: no class) with classifier-free guidance ``guidance_scale``;
+    ``spacing`` places the steps (:func:`ddpm.spacing.time_grid`).
     """
     generators = [torch.Generator(device).manual_seed(s) for s in seeds]
     x_T = randn((len(seeds), *shape), generators, device)
@@ -61,7 +62,7 @@ def record_trajectory(model: Model, diffusion: GaussianDiffusion, seeds: Sequenc
     diffusion.sample(model, (len(seeds), *shape), sampler=sampler, steps=steps, eta=eta,
                      clip_denoised=clip_denoised, generator=generators, device=device, callback=callback, x_T=x_T,
                      labels=None if labels is None else torch.tensor(list(labels), dtype=torch.long),
-                     guidance_scale=guidance_scale)
+                     guidance_scale=guidance_scale, spacing=spacing)
     return record
 
 
