@@ -5,7 +5,8 @@ as ratios in one process, and the loss of the first steps of float32 and bf16 tr
     python benchmarks/cpu_amp.py --preset seed --batch-size 32 --loss-steps 300 --data-dir cifar10-jpeg/train
 
 Speed: every variant is a real :class:`ddpm.train.Trainer` (forward, backward, clipping, AdamW, EMA) on the same
-random batch; the variants take turns, ``--steps`` steps each per round, so that load from other processes on a small
+random batch (``--torch-dropout`` adds float32 and ``--amp`` variants whose dropout layers are PyTorch's own
+``nn.Dropout``, the mask before :class:`ddpm.unet.Dropout`); the variants take turns, ``--steps`` steps each per round, so that load from other processes on a small
 machine hits them alike, and the median over rounds is reported. Loss: the same run (seed, data order, noise) in
 float32 and in bf16, the loss averaged over windows of steps.
 """
@@ -31,6 +32,18 @@ from ddpm.train import Trainer  # noqa: E402
 CPU = torch.device("cpu")
 RUNS = Path(tempfile.gettempdir()) / "ddpm-cpu-amp"  # run directories the trainers are given; nothing is saved there
 VARIANTS = {"float32": (False, False), "amp": (True, False), "amp + channels_last": (True, True)}  # --amp, --channels-last
+TORCH_DROPOUT = {"float32, nn.Dropout": (False, False), "amp, nn.Dropout": (True, False)}
+
+
+def with_torch_dropout(tr: Trainer) -> Trainer:
+    """``tr`` with every :class:`ddpm.unet.Dropout` replaced by ``torch.nn.Dropout`` of the same rate."""
+    from ddpm.unet import Dropout
+
+    for module in list(tr.model.modules()):
+        for name, child in module.named_children():
+            if isinstance(child, Dropout):
+                setattr(module, name, torch.nn.Dropout(child.p))
+    return tr
 
 
 def trainer(preset: str, batch: int, amp: bool, channels_last: bool, run: str, **train) -> Trainer:
@@ -42,7 +55,11 @@ def trainer(preset: str, batch: int, amp: bool, channels_last: bool, run: str, *
 def speed(args) -> None:
     images = torch.randint(0, 256, (args.batch_size, 3, 32, 32), dtype=torch.uint8,
                            generator=torch.Generator().manual_seed(0))
-    trainers = {name: trainer(args.preset, args.batch_size, *flags, str(RUNS / "speed")) for name, flags in VARIANTS.items()}
+    variants = {**VARIANTS, **(TORCH_DROPOUT if args.torch_dropout else {})}
+    trainers = {name: trainer(args.preset, args.batch_size, *flags, str(RUNS / "speed")) for name, flags in variants.items()}
+    for name in TORCH_DROPOUT:
+        if name in trainers:
+            with_torch_dropout(trainers[name])
     x = torch.randn(args.batch_size, 3, 32, 32)
     t = torch.randint(0, 1000, (args.batch_size,))
     rates: dict[str, dict[str, list[float]]] = {name: {"train": [], "forward": []} for name in trainers}
@@ -52,7 +69,7 @@ def speed(args) -> None:
             for _ in range(args.steps):
                 tr.train_step(images)
             train_rate = args.steps * args.batch_size / (time.perf_counter() - start)
-            amp, channels_last = VARIANTS[name]
+            amp, channels_last = variants[name]
             xi = x.contiguous(memory_format=torch.channels_last) if channels_last else x
             tr.model.eval()
             with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
@@ -98,6 +115,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--steps", type=int, default=5, help="steps per variant per round")
+    parser.add_argument("--torch-dropout", action="store_true",
+                        help="also time float32 and amp with torch.nn.Dropout (the mask before ddpm.unet.Dropout)")
     parser.add_argument("--loss-steps", type=int, default=0, help="instead of speed: train this many steps twice")
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--lr", type=float, default=5e-4)

@@ -101,7 +101,7 @@ def _summary(record: dict) -> str:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from ddpm.distributed import resolve_device
+    from ddpm.distributed import resolve_device, sampling_amp
     from ddpm.errors import ConfigError
     from ddpm.evaluate import FID_PLOT, GUIDANCE_PLOT, check_steps, evaluate, plot_fid_vs_nfe, plot_guidance_sweep
     from ddpm.metrics import load_source, source_kind
@@ -148,8 +148,8 @@ def run(args: argparse.Namespace) -> int:
                 name = f"{sampler}-{steps}" + (f"-s{scale:g}" if len(scales) > 1 else "")
                 keep = Path(args.keep_samples) / name if sweep or len(scales) > 1 else Path(args.keep_samples)
             result = evaluate(model, loaded.diffusion, reference, args.num_samples, sampler, steps, args.seed,
-                              args.batch_size, device, keep, amp=args.amp, guidance_scale=scale, probe=probe,
-                              spacing=spacing)
+                              args.batch_size, device, keep, amp=sampling_amp(device, args.amp), guidance_scale=scale,
+                              probe=probe, spacing=spacing)
             record = eval_record(result, checkpoint=loaded.source, step=loaded.step, weights=loaded.weights,
                                  reference=reference_name, reference_images=reference.num_images)
             append_eval(run_dir, record)

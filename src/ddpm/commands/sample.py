@@ -105,7 +105,7 @@ def _write_collections(args: argparse.Namespace, seeds: list[int], kept: dict[in
 
 
 def run(args: argparse.Namespace) -> int:
-    from ddpm.distributed import barrier, cleanup, init_distributed
+    from ddpm.distributed import barrier, cleanup, init_distributed, sampling_amp
     from ddpm.errors import ConfigError
     from ddpm.generate import generate, image_path, save_png
     from ddpm.model_io import load_model
@@ -156,7 +156,8 @@ def run(args: argparse.Namespace) -> int:
 
         model = torch.compile(loaded.model) if args.compile else loaded.model
         rate = generate(model, loaded.diffusion, todo, args.batch_size, on_batch, sampler, steps, args.eta,
-                        not args.no_clip, dist.device, progress=dist.is_main, amp=args.amp, labels=labels,
+                        not args.no_clip, dist.device, progress=dist.is_main,
+                        amp=sampling_amp(dist.device, args.amp), labels=labels,
                         guidance_scale=args.guidance_scale, spacing=spacing)
         barrier(dist)
         if not dist.is_main:
