@@ -7,9 +7,9 @@ the unit every sampler repeats (a DDIM-50 image costs 50 of them), and optionall
 
 FLOPs are counted by :class:`torch.utils.flop_counter.FlopCounterMode` (matmuls, convolutions, attention; element-wise
 work is free) on one image; achieved FLOP/s are then set against a large matmul measured on the same device in the
-same dtype, the practical peak. ``profile=True`` adds a ``torch.profiler`` table of one more training step after the
-timed ones: where the step's time goes, operator by operator, and how many kernels it launches (the first thing to
-look at before changing a step, issue 21). Peak memory on CUDA is ``torch.cuda.max_memory_allocated`` (weights, gradients,
+same dtype, the practical peak. ``profile=True`` adds ``torch.profiler`` tables of one more training step and one more
+forward pass after the timed ones: where the time goes, operator by operator, how many kernels run and what share
+casts and copies take (the first thing to look at before changing a step). Peak memory on CUDA is ``torch.cuda.max_memory_allocated`` (weights, gradients,
 optimiser state and activations); on the CPU it is how far the process's peak resident set size (``ru_maxrss``) grows
 during the phase, so weights, EMA copy and anything an earlier phase already touched are not counted; on Apple's MPS
 it is the memory the Metal driver holds at the end of the phase (MPS keeps no peak).

@@ -326,9 +326,8 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             ema_decay=0.9999, total_steps=800_000, lr_schedule="constant",
         ),
     },
-    # The CPU recipe: the best sample quality per CPU-hour among the candidates compared on a 2-core CPU in
-    # docs/benchmarks.md. A 1.4M-parameter network, bf16 autocast, many small AdamW steps; power EMA warm-up (issue
-    # 10); v-prediction with min-SNR-5 weighting, 30 FID ahead of eps/uniform at 30 and 60 minutes (issue 18).
+    # The CPU recipe: the best sample quality per CPU-hour among the candidates compared in docs/benchmarks.md. A
+    # 1.4M-parameter network, bf16 autocast, many small AdamW steps, power EMA warm-up, v-prediction with min-SNR-5.
     "cpu": {
         "model": dict(nf=32, ch_mult=(1, 2, 2), attn_resolutions=(8,), norm_groups=8, time_emb_dim=64, dropout=0.0),
         "diffusion": dict(prediction="v"),

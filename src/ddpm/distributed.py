@@ -72,8 +72,7 @@ def cpu_has_native_bf16() -> bool:
 def amp_dtype(device: torch.device) -> torch.dtype | None:
     """The autocast dtype of ``--amp``: bfloat16 where the device has it (CPUs with AVX-512/AMX, Ampere and later
     GPUs), float16 on older GPUs and Apple's MPS, and None (float32, with an :class:`AmpWarning`) on a CPU without bf16
-    instructions, where emulated bf16 is far slower than float32 (a training step 20x slower, measured on an
-    AVX2-only AMD EPYC; docs/benchmarks.md)."""
+    instructions, where emulated bf16 is far slower than float32 (a training step 20x slower, docs/benchmarks.md)."""
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     if device.type == "mps":

@@ -5,8 +5,8 @@ The probe is multinomial logistic regression on the same 2048-d pool3 features F
 (:func:`ddpm.metrics.inception_features`), fitted on a few hundred labelled training images per class and scored on
 held-out test images: its accuracy on real test images is the ceiling that the accuracy on samples is read against
 (a sample "recognised" by a probe that is right on 80% of real images is good, not 80% good). Fitting is L-BFGS on
-centred and scaled features with an L2 penalty, in float64, a few seconds; the features are the slow part (~4 images/s
-on a 2-core CPU), so the features and the fitted probe are cached under :func:`ddpm.metrics.cache_dir` and computed
+centred and scaled features with an L2 penalty, in float64, a few seconds; the features are the slow part (Inception
+runs a few images per second on a small CPU), so the features and the fitted probe are cached under :func:`ddpm.metrics.cache_dir` and computed
 once per source and image count.
 """
 

@@ -75,8 +75,8 @@ def register(subparsers) -> None:
                              "images: CIFAR-10's pickles, or a folder or archive with train/<class>/ and "
                              "test/<class>/ (the CIFAR-10 JPEG copy); features cached after the first run")
     parser.add_argument("--probe-images", type=_step_list, default=[200, 100], metavar="TRAIN,TEST",
-                        help="images per class the probe is fitted on and tested on (Inception: ~4 images/s on a "
-                             "2-core CPU, once)")
+                        help="images per class the probe is fitted on and tested on (their Inception features are "
+                             "computed once and cached)")
     add_compile_argument(parser)
     add_amp_argument(parser)
     add_variance_argument(parser)
