@@ -126,7 +126,7 @@ def test_fid_every_logs_the_numbers_ddpm_eval_computes_for_the_same_checkpoint(c
     assert list((tmp_path / "run" / "tensorboard").iterdir())
 
     (tmp_path / "run" / "eval.jsonl").unlink()
-    code, _, err = cli("eval", tmp_path / "run", "--num-samples", 4, "--sampling-steps", 2, *fid,
+    code, _, err = cli("eval", tmp_path / "run", "--num-samples", 4, "--sampling-steps", 2, "--no-amp", *fid,
                        "--data-dir", tmp_path / "cifar", "--device", "cpu")
     assert code == 0, err
     [evaluated] = _records(tmp_path / "run")

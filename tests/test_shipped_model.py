@@ -29,7 +29,8 @@ def test_the_shipped_file_is_small_and_rebuilds_the_cpu_preset_network(shipped):
     assert shipped.weights == "ema" and shipped.step > 0
     # The cpu preset's network and process (v-prediction), made class-conditional on CIFAR-10's ten classes.
     cpu = make_config("cpu")
-    assert shipped.config.diffusion == cpu.diffusion and shipped.diffusion.timesteps == 1000
+    recommended = dataclasses.replace(cpu.diffusion, sampler="dpm++2m", time_spacing="quadratic", sampling_steps=8)
+    assert shipped.config.diffusion == recommended and shipped.diffusion.timesteps == 1000  # docs/samplers.md
     scale = shipped.config.model.guidance_scale
     assert shipped.config.model == dataclasses.replace(cpu.model, class_cond=True, class_names=CIFAR10_CLASSES,
                                                        guidance_scale=scale)

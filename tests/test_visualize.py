@@ -69,7 +69,7 @@ def test_trajectory_strip_and_gif(cli, run_dir, tmp_path):
 def test_trajectory_ends_in_the_image_ddpm_sample_draws(cli, run_dir, tmp_path):
     """The last predicted x0 of the trajectory is the sample itself, the same as `ddpm sample --seed`."""
     npz = tmp_path / "s.npz"
-    code, _, err = cli("sample", "--load-model", run_dir, "--num-samples", "2", "--sampler", "ddpm",
+    code, _, err = cli("sample", "--load-model", run_dir, "--num-samples", "2", "--sampler", "ddpm", "--no-amp",
                        "--sampling-steps", "10", "--seed", "3", "--npz", npz, "--device", "cpu")
     assert code == 0, err
     loaded = load_model(run_dir)
