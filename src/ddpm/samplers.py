@@ -185,10 +185,8 @@ def dpm_solver_pp(model: Model, diffusion: NoiseSchedule, x_T: torch.Tensor, tim
 def dpm_solver_pp_2m(model: Model, diffusion: NoiseSchedule, x_T: torch.Tensor, steps: int,
                      clip_denoised: bool = True, callback: Callback = None) -> torch.Tensor:
     """DPM-Solver++(2M) (:func:`dpm_solver_pp`, order 2) on the ``steps`` timesteps round(linspace(T - 1, 0, steps +
-    1))[:-1]: the step to sigma = 0 stands in for t = 0, so ``steps`` is at most T - 1 (or 1 when T = 1)."""
-    T = diffusion.timesteps
-    if not 1 <= steps <= max(T - 1, 1):
-        raise ConfigError(f"dpm++2m sampling steps must be between 1 and T - 1 = {max(T - 1, 1)}, got {steps}")
+    1))[:-1]: the step to sigma = 0 stands in for t = 0, so ``steps`` is at most T - 1 (or 1 when T = 1; the grid
+    refuses more)."""
     return dpm_solver_pp(model, diffusion, x_T, time_grid("uniform", diffusion, steps, call_at_zero=False), 2,
                          clip_denoised, callback)
 
