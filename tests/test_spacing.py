@@ -26,7 +26,9 @@ def test_grids_are_strictly_decreasing_from_the_top(spacing, T, steps, call_at_z
     grid = time_grid(spacing, d, steps, call_at_zero)
     assert len(grid) == steps and grid[0] == T - 1
     assert all(a > b for a, b in zip(grid, grid[1:]))
-    if steps > 1:
+    if spacing == "trailing":  # the same for every sampler: one T/N step short of t = 0
+        assert grid[-1] == round(T / steps) - 1
+    elif steps > 1:
         assert grid[-1] == 0 if call_at_zero else grid[-1] >= 1
 
 
@@ -38,6 +40,20 @@ def test_uniform_is_ddim_s_grid_and_diffusers_linspace(T, steps):
         ref = DPMSolverMultistepScheduler(num_train_timesteps=T)
         ref.set_timesteps(steps)
         assert time_grid("uniform", d, steps, call_at_zero=False) == [int(t) for t in ref.timesteps]
+
+
+@pytest.mark.parametrize("T, steps", [(1000, 1), (1000, 8), (1000, 16), (1000, 10), (1000, 37), (100, 64), (1000, 1000)])
+def test_trailing_is_diffusers_trailing_and_halves_nest(T, steps):
+    """diffusers' DDIMScheduler(timestep_spacing="trailing") places the same timesteps, and the grid of N steps is every
+    other point of the grid of 2N, which a progressively distilled student's steps rely on."""
+    from diffusers import DDIMScheduler
+
+    d = GaussianDiffusion(T)
+    ref = DDIMScheduler(num_train_timesteps=T, timestep_spacing="trailing")
+    ref.set_timesteps(steps)
+    assert time_grid("trailing", d, steps) == [int(t) for t in ref.timesteps]
+    if 2 * steps <= T:
+        assert time_grid("trailing", d, 2 * steps)[::2] == time_grid("trailing", d, steps)
 
 
 def test_quadratic_and_the_schedule_spacings_follow_their_formulas():

@@ -11,6 +11,10 @@ tau(1) = 0, evaluated at evenly spaced u and rounded to the discrete schedule th
 * ``karras``: sigma_EDM = sigma / alpha = sqrt((1 - abar) / abar) spaced as (s_max^(1/rho) + u (s_min^(1/rho) -
   s_max^(1/rho)))^rho with rho = 7 (Karras et al. 2022, eq. 5), between the schedule's own sigma_EDM at t = T - 1 and
   t = 0, mapped back to t by interpolating log sigma_EDM.
+* ``trailing``: t_k = round(T k / N) - 1 for k = N, ..., 1 (diffusers' "trailing"; Lin et al. 2024, sec. 3.3): even
+  steps that start at T - 1 and stop one step short of t = 0, the same for every sampler. A grid of N steps is
+  every other point of the grid of 2N (k / N = 2k / 2N), which is what progressive distillation needs
+  (:mod:`ddpm.distill`): a student step spans exactly two steps of its teacher.
 
 Samplers end with a step to the clean image (alpha-bar = 1). Two conventions for the last network call exist and
 both are kept, so that every sampler stays what its paper and diffusers compute: DDPM and DDIM call the network
@@ -30,7 +34,7 @@ import numpy as np
 from ddpm.errors import ConfigError
 from ddpm.schedules import NoiseSchedule
 
-SPACINGS = ("uniform", "quadratic", "logsnr", "karras")
+SPACINGS = ("uniform", "quadratic", "logsnr", "karras", "trailing")
 KARRAS_RHO = 7.0
 
 
@@ -83,6 +87,8 @@ def time_grid(spacing: str, diffusion: NoiseSchedule, steps: int, call_at_zero: 
         raise ConfigError(f"unknown time spacing {spacing!r}; choose one of {', '.join(SPACINGS)}")
     if spacing == "uniform":
         grid = uniform_grid(T, steps, call_at_zero)
+    elif spacing == "trailing":  # T / N >= 1 apart: strictly decreasing already; halves are exact floats, rounded to even
+        return [round(T * k / steps) - 1 for k in range(steps, 0, -1)]
     else:
         n = max(steps - 1, 1) if call_at_zero else steps
         grid = [round(float(t)) for t in _tau(spacing, np.arange(steps) / n, diffusion)]
