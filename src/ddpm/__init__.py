@@ -12,6 +12,7 @@ layer or below, wherever the import stands; tests/test_layers.py checks it, and 
     datasets, data, checkpoint, diffusers_format # read images/data sets; the training stream; checkpoints; diffusers
     model_io, generate, editing, metrics, probe  # load/export models; images from noise, from images; FID; probe
     policies, evaluate, train, bench             # the loop's policies; score a model; training; speed benchmark
+    distill                                      # progressive distillation into a few-step student
     figures                                      # the figures
     commands, cli, __main__                      # the command line
 """

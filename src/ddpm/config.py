@@ -157,6 +157,8 @@ class DiffusionConfig:
     time_spacing: str = _opt("uniform", "where that sampler's steps go (ddpm.spacing)", choices=SPACINGS, cli=False)
     sampling_steps: int = _opt(0, "that sampler's network calls per image; 0: its own default", cli=False,
                                bound="non_negative")
+    distilled: bool = _opt(False, "a student of `ddpm distill`: its network is right only at its recorded sampler's "
+                                  "timesteps, with the guidance of its teacher built in", cli=False)
 
     def sampling(self, sampler: str | None, steps: int | None, spacing: str | None) -> tuple[str, int | None, str]:
         """The (sampler, steps, spacing) to sample with: those given, the rest from this file's recommendation when
@@ -248,6 +250,37 @@ class TrainConfig:
     skip_bad_images: bool = _opt(False, "warn about unreadable images and skip them instead of stopping", resume=True)
     max_bad_steps: int = _opt(5, "stop after this many consecutive non-finite losses or gradients",
                               resume=True, bound="positive")
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    """Progressive distillation (Salimans & Ho 2022) of a teacher into a student that samples in fewer steps."""
+
+    teacher: str = _opt("", "the teacher: a model file, checkpoint or run directory", cli=False, path=True)
+    teacher_steps: int = _opt(
+        0, "DDIM steps (trailing spacing) of the teacher that the first student halves, a power of two; 0: a "
+           "distilled teacher's own, else 16", bound="non_negative")
+    student_steps: int = _opt(2, "the final student's steps (network calls per image), a power of two; each stage "
+                                 "halves the steps", bound="positive")
+    stage_steps: int = _opt(2000, "optimisation steps of each halving, the LR decaying linearly to 0 in each",
+                            bound="positive")
+    guidance_scale: float | None = _opt(
+        None, "class-conditional teachers: the guidance scale that the first student learns to draw in one call "
+              "per step; none given: the teacher file's recommended scale")
+
+    def stages(self) -> int:
+        """The number of halvings from ``teacher_steps`` to ``student_steps``."""
+        return int(math.log2(self.teacher_steps // self.student_steps))
+
+    def check(self) -> None:
+        """Refuse step counts that halving cannot connect."""
+        for flag, n in (("--teacher-steps", self.teacher_steps), ("--student-steps", self.student_steps)):
+            if n & (n - 1):
+                raise ConfigError(f"{flag} must be a power of two for progressive distillation (each stage halves "
+                                  f"the steps), got {n}")
+        if self.student_steps >= self.teacher_steps:
+            raise ConfigError(f"--student-steps ({self.student_steps}) must be fewer than the teacher's steps "
+                              f"({self.teacher_steps})")
 
 
 @dataclass(frozen=True)

@@ -142,10 +142,17 @@ def export_safetensors(source: str | Path, output: str | Path, weights: str = "e
     time spacing and steps (see :func:`_with_sampling`): what sampling uses when given none."""
     loaded = load_model(source, "cpu", weights)
     config = _with_sampling(_with_guidance(loaded, guidance_scale), sampling)
+    return save_safetensors(config, loaded.model.state_dict(), loaded.step, loaded.weights, output)
+
+
+def save_safetensors(config: RunConfig, weights: dict[str, torch.Tensor], step: int, kind: str,
+                     output: str | Path) -> Path:
+    """Write network ``weights`` (``kind``: "ema" or "raw") as a model file that :func:`load_model` reads, the
+    config without paths (:func:`ddpm.config.without_paths`) and the step in its metadata."""
     output = Path(output)
-    tensors = {k: v.contiguous() for k, v in loaded.model.state_dict().items()}
-    metadata = {"config": json.dumps(without_paths(config).to_dict()), "step": str(loaded.step),
-                "weights": loaded.weights, "format": "ddpm"}
+    tensors = {k: v.detach().cpu().contiguous() for k, v in weights.items()}
+    metadata = {"config": json.dumps(without_paths(config).to_dict()), "step": str(step), "weights": kind,
+                "format": "ddpm"}
     atomic_write(output, lambda f: f.write(safetensors_bytes(tensors, metadata)))
     return output
 
@@ -156,5 +163,10 @@ def export_diffusers(source: str | Path, output: str | Path, weights: str = "ema
     :func:`ddpm.diffusers_format.write_folder`); ``diffusers.DDPMPipeline.from_pretrained(output)`` loads it. A
     class-conditional model becomes a ``UNet2DModel`` with ``num_class_embeds`` (its classes + "no class")."""
     loaded = load_model(source, "cpu", weights)
+    d = loaded.config.diffusion
+    if d.distilled:
+        raise ConfigError(f"{loaded.source} is a distilled student, right only at its own {d.sampling_steps} "
+                          f"{d.time_spacing} DDIM steps, while a diffusers DDPMPipeline samples with 1,000 ancestral "
+                          "steps; export --format safetensors")
     config = _with_guidance(loaded, guidance_scale)
     return diffusers_format.write_folder(config, loaded.model.state_dict(), Path(output))

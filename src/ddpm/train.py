@@ -110,10 +110,7 @@ class Trainer:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.ema = EMA(self.model, t.ema_decay, t.ema_warmup, t.ema_power)
         self.optimizer = make_optimizer(self.model.parameters(), config, self.device)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer,
-            lambda step: lr_factor(step, t.total_steps, t.warmup_steps, t.lr_schedule, t.steplr_steps, t.steplr_factor),
-        )
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self.lr_factor)
         self.amp_dtype = amp_dtype(self.device) if t.amp else None
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
         self.step, self.elapsed, self.skipped = 0, 0.0, 0
@@ -157,7 +154,18 @@ class Trainer:
         barrier(self.dist)
         return path
 
+    def lr_factor(self, step: int) -> float:
+        """The multiplier of the peak LR at ``step`` (:func:`lr_factor` with this run's settings)."""
+        t = self.config.train
+        return lr_factor(step, t.total_steps, t.warmup_steps, t.lr_schedule, t.steplr_steps, t.steplr_factor)
+
     # ---------------------------------------------------------------------------------------------- one step
+    def loss(self, x0: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+        """The loss of one batch of images in [-1, 1]: Algorithm 1's, weighted as ``--loss-weight`` says."""
+        t = self.config.train
+        return self.diffusion.loss(self.train_model, x0, generator=self.generator, weighting=t.loss_weight,
+                                   gamma=t.min_snr_gamma, labels=labels)
+
     def train_step(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """One optimisation step on a uint8 batch (with its int64 labels for a class-conditional network); returns
         (loss, gradient norm) as 0-d tensors on the device, the norm NaN for a skipped step.
@@ -177,8 +185,7 @@ class Trainer:
             labels = drop_labels(labels, t.p_uncond, self.model.num_classes,
                                  torch.Generator().manual_seed(derive_seed(t.seed, self.step, self.dist.rank, 2)))
         with autocast(self.device, self.amp_dtype):
-            loss = self.diffusion.loss(self.train_model, x0, generator=self.generator, weighting=t.loss_weight,
-                                       gamma=t.min_snr_gamma, labels=labels)
+            loss = self.loss(x0, labels)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.unscale_(self.optimizer)
@@ -349,7 +356,8 @@ class Trainer:
 
     @torch.no_grad()
     def _sample_grid(self, writer) -> None:
-        """DDIM samples of the EMA weights from fixed noise, so grids of successive steps are comparable."""
+        """Samples of the EMA weights (:meth:`grid_sampling`) from fixed noise, so grids of successive steps are
+        comparable."""
         from torchvision.utils import make_grid, save_image
 
         t, m = self.config.train, self.config.model
@@ -358,9 +366,8 @@ class Trainer:
         # A class-conditional network draws image i of class i mod K at its --guidance-scale.
         labels = torch.arange(SAMPLE_GRID) % self.model.num_classes if m.class_cond else None
         with autocast(self.device, self.amp_dtype):
-            x = self.diffusion.sample(self.ema.model, shape, sampler="ddim",
-                                      steps=min(t.sample_steps, self.diffusion.timesteps), generator=generator,
-                                      device=self.device, labels=labels, guidance_scale=m.guidance_scale)
+            x = self.diffusion.sample(self.ema.model, shape, generator=generator, device=self.device, labels=labels,
+                                      **self.grid_sampling())
         # One column per class when there are few enough classes (image i is of class i mod K).
         k = self.model.num_classes
         columns = k if k is not None and k <= 16 else int(math.sqrt(SAMPLE_GRID))
@@ -370,6 +377,12 @@ class Trainer:
         self.last_grid = out / f"step-{self.step:08d}.png"
         save_image(grid, self.last_grid)
         writer.add_image("samples/ema", grid.clamp(0, 1), self.step)
+
+
+    def grid_sampling(self) -> dict[str, Any]:
+        """How the sample grids are drawn: DDIM with ``--sample-steps`` at the run's guidance scale."""
+        return dict(sampler="ddim", steps=min(self.config.train.sample_steps, self.diffusion.timesteps),
+                    guidance_scale=self.config.model.guidance_scale)
 
 
 def drop_labels(labels: torch.Tensor, p_uncond: float, num_classes: int, generator: torch.Generator) -> torch.Tensor:
@@ -413,16 +426,19 @@ def prepare_run(preset: str | None, overrides: dict[str, dict[str, Any]], resume
     return config, state
 
 
-def train(config: RunConfig, state: dict | None = None, log=print) -> int:
-    """Run (or continue) training; returns the process exit code (0, or 128 + signal when preempted)."""
+def train(config: RunConfig, state: dict | None = None, log=print, make_trainer=Trainer) -> int:
+    """Run (or continue) training; returns the process exit code (0, or 128 + signal when preempted).
+
+    ``make_trainer(config, dist, state, log)`` builds the :class:`Trainer` (distillation passes its own).
+    """
     dist = init_distributed(config.train.device)
     try:
-        return _train(config, state, dist, log if dist.is_main else (lambda *a, **k: None))
+        return _train(config, state, dist, log if dist.is_main else (lambda *a, **k: None), make_trainer)
     finally:
         cleanup(dist)
 
 
-def _train(config: RunConfig, state: dict | None, dist: DistInfo, log) -> int:
+def _train(config: RunConfig, state: dict | None, dist: DistInfo, log, make_trainer) -> int:
     started = time.monotonic()  # --max-time counts from here: data loading and compilation included
     t = config.train
     run_dir = Path(t.save_model)
@@ -449,7 +465,7 @@ def _train(config: RunConfig, state: dict | None, dist: DistInfo, log) -> int:
         config = with_classes(config, data)
         if dist.is_main:
             atomic_write(run_dir / "config.json", lambda f: f.write(json.dumps(config.to_dict(), indent=2).encode()))
-    trainer = Trainer(config, dist, state, log)
+    trainer = make_trainer(config, dist, state, log)
     log(f"data: {data.description}")
     if config.model.class_cond:
         log(f"classes: {', '.join(config.model.class_names)}; labels dropped with probability {t.p_uncond}")

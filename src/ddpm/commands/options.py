@@ -57,17 +57,17 @@ def add_variance_argument(parser: argparse.ArgumentParser) -> None:
                              "sampling (--sampler ddpm) and the bound use it")
 
 
-def add_sampler_arguments(parser: argparse.ArgumentParser, default: str | None = None) -> None:
+def add_sampler_arguments(parser: argparse.ArgumentParser, default: str | None = None, fallback: str = "ddpm") -> None:
     """``--sampler`` and ``--time-spacing``, their choices and help from the registries (:data:`ddpm.samplers.SAMPLERS`,
     :data:`ddpm.spacing.SPACINGS`); None defaults mean the model file's recommendation
     (:meth:`ddpm.config.DiffusionConfig.sampling`)."""
-    recommended = "default: the model file's recommended sampler (ddpm where it records none)"
+    recommended = f"default: the model file's recommended sampler ({fallback} where it records none)"
     parser.add_argument("--sampler", choices=SAMPLERS, default=default, metavar="{" + ",".join(SAMPLERS) + "}",
                         help=sampler_help() + ("" if default else "; " + recommended))
     parser.add_argument("--time-spacing", choices=SPACINGS, default=None,
-                        help="where the steps go: even in t (uniform), in t squared (quadratic), in log-SNR (logsnr) "
-                             "or Karras et al.'s rho = 7 (karras); default: the file's recommendation with its "
-                             "sampler, else uniform")
+                        help="where the steps go: even in t (uniform), in t squared (quadratic), in log-SNR (logsnr), "
+                             "Karras et al.'s rho = 7 (karras), or even from T - 1 to T/N - 1 (trailing, a distilled "
+                             "student's); default: the file's recommendation with its sampler, else uniform")
 
 
 def add_amp_argument(parser: argparse.ArgumentParser) -> None:
@@ -101,19 +101,23 @@ def _argparse_type(convert):
     return parse
 
 
-def add_config_arguments(parser: argparse.ArgumentParser) -> None:
-    """One flag per config field. Defaults are suppressed so that only explicitly given flags override the preset;
-    the help shows the field default, which is the ``seed`` preset's value."""
-    for section, cls in SECTIONS.items():
+def add_config_arguments(parser: argparse.ArgumentParser, sections: dict[str, type] = SECTIONS,
+                         only: dict[str, tuple[str, ...]] | None = None,
+                         defaults: dict[str, str] | None = None) -> None:
+    """One flag per field of the config ``sections`` (those named in ``only``, where it names the section).
+    Defaults are suppressed so that only explicitly given flags override the preset; the help shows the field
+    default, which is the ``seed`` preset's value, or the words ``defaults[section]`` give instead."""
+    for section, cls in sections.items():
         group = parser.add_argument_group(f"{section} options")
         hints = typing.get_type_hints(cls)
         for field in dataclasses.fields(cls):
-            if not field.metadata["cli"]:
+            if not field.metadata["cli"] or (only and section in only and field.name not in only[section]):
                 continue
             kind = _base_type(hints[field.name])
             default = field.default if field.default is not dataclasses.MISSING else field.default_factory()
             shown = " ".join(map(str, default)) if isinstance(default, tuple) else default
-            help_text = f"{field.metadata['help']} (default: {shown}; presets may change it)"
+            note = (defaults or {}).get(section, "{shown}; presets may change it").format(shown=shown)
+            help_text = f"{field.metadata['help']} (default: {note})"
             kwargs: dict[str, Any] = dict(dest=f"{section}.{field.name}", default=argparse.SUPPRESS, help=help_text)
             if kind is bool:
                 kwargs["action"] = argparse.BooleanOptionalAction
@@ -135,12 +139,12 @@ def add_preset_argument(parser: argparse.ArgumentParser) -> None:
                              "(default: seed)")
 
 
-def overrides_from_args(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+def overrides_from_args(args: argparse.Namespace, sections: dict[str, type] = SECTIONS) -> dict[str, dict[str, Any]]:
     """The explicitly given config flags as {section: {field: value}}."""
     overrides: dict[str, dict[str, Any]] = {}
     for key, value in vars(args).items():
         section, _, name = key.partition(".")
-        if section in SECTIONS and name:
+        if section in sections and name:
             overrides.setdefault(section, {})[name] = tuple(value) if isinstance(value, list) else value
     return overrides
 

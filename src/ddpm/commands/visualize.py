@@ -89,9 +89,10 @@ def register(subparsers) -> None:
     add_checkpoint(trajectory)
     trajectory.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3],
                             help="one image per seed, the image `ddpm sample --seed` draws for it")
-    add_sampler_arguments(trajectory, default="ddpm")
+    add_sampler_arguments(trajectory)
     trajectory.add_argument("--sampling-steps", type=positive_int, default=None,
-                            help="network evaluations; None: all T for ddpm, 50 for ddim and dpm++2m")
+                            help="network evaluations; None: the file's recommended steps with its sampler, else all T "
+                              "for ddpm, 50 for the others")
     trajectory.add_argument("--eta", type=float, default=0.0, help="DDIM stochasticity (0: deterministic)")
     trajectory.add_argument("--every", type=positive_int, default=None, metavar="K",
                             help="a strip column every K steps (and the last); None: about 10 columns")
@@ -125,9 +126,10 @@ def register(subparsers) -> None:
     def add_sampling(sub: argparse.ArgumentParser) -> None:
         add_checkpoint(sub)
         add_class_argument(sub)
-        add_sampler_arguments(sub, default="ddim")
+        add_sampler_arguments(sub, fallback="ddim")
         sub.add_argument("--sampling-steps", type=positive_int, default=None,
-                         help="network evaluations; None: all T for ddpm, 50 for ddim and dpm++2m")
+                         help="network evaluations; None: the file's recommended steps with its sampler, else all T "
+                              "for ddpm, 50 for the others")
         sub.add_argument("--seed", type=int, default=0, help="first seed")
 
     classes = add("classes", "a class-conditional model's samples, one labelled row per class", "classes.png")
@@ -235,7 +237,8 @@ def run_trajectory(args: argparse.Namespace) -> int:
         raise ConfigError(f"--eta must be >= 0, got {args.eta}")
     device = resolve_device(args.device)
     loaded = load_model(args.checkpoint, device, args.weights)
-    total = number_of_steps(loaded.diffusion, args.sampler, args.sampling_steps)
+    sampler, steps, spacing = _sampling(loaded, args, "ddpm")
+    total = number_of_steps(loaded.diffusion, sampler, steps)
     strip = every_k(total, args.every or max(1, round(total / 10)))
     frames = every_k(total, max(1, round(total / args.gif_frames)))
     c = loaded.config.model
@@ -247,11 +250,11 @@ def run_trajectory(args: argparse.Namespace) -> int:
     else:
         conditioning(loaded, args.classes, args.guidance_scale)  # refuses --class and --guidance-scale
     record = record_trajectory(loaded.model, loaded.diffusion, args.seeds, (c.in_channels, c.resolution, c.resolution),
-                               strip | frames, args.sampler, args.sampling_steps, args.eta, not args.no_clip, device,
-                               labels, scale, args.time_spacing or "uniform")
+                               strip | frames, sampler, steps, args.eta, not args.no_clip, device, labels, scale,
+                               spacing)
     width, height = save_figure(trajectory_figure(record, strip), args.output, args.dpi)
     gif_width, gif_height = trajectory_gif(record, gif, args.scale, args.frame_ms)
-    print(f"{loaded.source} (step {loaded.step}, {loaded.weights} weights), {args.sampler}, {total} steps, "
+    print(f"{loaded.source} (step {loaded.step}, {loaded.weights} weights), {sampler}, {total} steps, "
           f"seeds {' '.join(map(str, args.seeds))}: wrote {args.output} ({width}x{height}, {len(strip)} columns) "
           f"and {gif} ({gif_width}x{gif_height}, {len(record.steps)} frames)")
     return 0
@@ -352,6 +355,16 @@ def _conditional(args: argparse.Namespace, scales):
     return loaded, rows, device
 
 
+def _sampling(loaded, args: argparse.Namespace, fallback: str) -> tuple[str, int | None, str]:
+    """(sampler, steps, spacing): the flags', else the model file's recommendation
+    (:meth:`ddpm.config.DiffusionConfig.sampling`), else ``fallback`` with its own defaults for a file that records
+    none."""
+    d = loaded.config.diffusion
+    records_none = (d.sampler, d.time_spacing, d.sampling_steps) == ("ddpm", "uniform", 0)
+    asked = args.sampler or (fallback if records_none else None)
+    return d.sampling(asked, args.sampling_steps, args.time_spacing)
+
+
 def run_classes(args: argparse.Namespace) -> int:
     from ddpm.figures.classes import draw, labelled_grid
     from ddpm.figures.common import save_figure
@@ -363,11 +376,10 @@ def run_classes(args: argparse.Namespace) -> int:
     # Image j of row r has seed SEED + j n + r: the images `ddpm sample --class` draws for these classes, in rows.
     seeds = [args.seed + j * n + r for r in range(n) for j in range(args.per_class)]
     labels = [rows[r] for r in range(n) for _ in range(args.per_class)]
-    images = draw(loaded.model, loaded.diffusion, seeds, labels, scale, args.sampler, args.sampling_steps, device,
-                  spacing=args.time_spacing or "uniform")
+    sampler, steps, spacing = _sampling(loaded, args, "ddim")
+    images = draw(loaded.model, loaded.diffusion, seeds, labels, scale, sampler, steps, device, spacing=spacing)
     grid = [images[r * args.per_class:(r + 1) * args.per_class] for r in range(n)]
-    title = (f"{loaded.source.name} (step {loaded.step}): one row per class, guidance scale {scale:g}, "
-             f"{args.sampler}")
+    title = f"{loaded.source.name} (step {loaded.step}): one row per class, guidance scale {scale:g}, {sampler}"
     width, height = save_figure(labelled_grid(grid, [names[k] for k in rows], None, title), args.output, args.dpi)
     print(f"{loaded.source} (step {loaded.step}, {loaded.weights} weights): {n} classes x {args.per_class} images at "
           f"guidance scale {scale:g}; wrote {args.output} ({width}x{height})")
@@ -381,10 +393,11 @@ def run_guidance(args: argparse.Namespace) -> int:
     loaded, rows, device = _conditional(args, args.scales)
     names = loaded.config.model.class_names
     seeds = [args.seed + r for r in range(len(rows))]  # row r: one seed, the same x_T in every column
-    columns = [draw(loaded.model, loaded.diffusion, seeds, rows, s, args.sampler, args.sampling_steps, device,
-                    spacing=args.time_spacing or "uniform") for s in args.scales]
+    sampler, steps, spacing = _sampling(loaded, args, "ddim")
+    columns = [draw(loaded.model, loaded.diffusion, seeds, rows, s, sampler, steps, device, spacing=spacing)
+               for s in args.scales]
     grid = [[column[r] for column in columns] for r in range(len(rows))]
-    title = f"{loaded.source.name} (step {loaded.step}): one seed per row at guidance scale s ({args.sampler})"
+    title = f"{loaded.source.name} (step {loaded.step}): one seed per row at guidance scale s ({sampler})"
     figure = labelled_grid(grid, [f"{names[k]} (seed {s})" for k, s in zip(rows, seeds)],
                            [f"s = {s:g}" for s in args.scales], title)
     width, height = save_figure(figure, args.output, args.dpi)
