@@ -13,7 +13,7 @@ layer or below, wherever the import stands; tests/test_layers.py checks it, and 
     model_io, generate, editing, metrics, probe  # load/export models; images from noise, from images; FID; probe
     policies, evaluate, train, bench             # the loop's policies; score a model; training; speed benchmark
     distill                                      # progressive distillation into a few-step student
-    figures                                      # the figures
+    figures, demo                                # the figures; the web demo
     commands, cli, __main__                      # the command line
 """
 

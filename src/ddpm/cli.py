@@ -11,14 +11,14 @@ import sys
 import warnings
 
 from ddpm.commands import (
-    bench, distill, eval, export, fid, import_diffusers, nll, plot, sample, train, visualize,
+    bench, demo, distill, eval, export, fid, import_diffusers, nll, plot, sample, train, visualize,
 )
 from ddpm.commands.options import HelpFormatter
 from ddpm.errors import DDPMError, DDPMWarning
 
 # The sub-commands in the order --help lists them; each module defines `register(subparsers)` and `run(args)`,
 # and imports what it runs only when it runs, so that `ddpm --help` stays fast.
-COMMANDS = (train, distill, sample, export, import_diffusers, fid, eval, nll, bench, visualize, plot)
+COMMANDS = (train, distill, sample, export, import_diffusers, fid, eval, nll, bench, visualize, plot, demo)
 LEGACY_FLAGS = {"--train": "train", "--sample": "sample"}
 
 
