@@ -11,7 +11,8 @@ import torch
 from conftest import TINY
 from ddpm import distributed
 from ddpm.checkpoint import list_checkpoints, load_checkpoint
-from ddpm.config import RunConfig, format_duration, make_config, parse_duration
+from ddpm.config import RunConfig, make_config
+from ddpm.durations import format_duration, parse_duration
 from ddpm.distributed import DistInfo
 from ddpm.ema import EMA, warmup_decay
 from ddpm.train import Trainer

@@ -14,7 +14,8 @@ import pytest
 import torch
 from diffusers import DDPMScheduler
 
-from ddpm.config import PRESETS, RunConfig, make_config
+from ddpm.config import RunConfig, make_config
+from ddpm.presets import PRESETS
 from ddpm.diffusion import GaussianDiffusion
 from ddpm.errors import ConfigError
 from ddpm.model_io import load_model

@@ -3,7 +3,7 @@
 Each module has one job, said in its opening docstring. Layers, bottom up (a module imports only from its own
 layer or below, wherever the import stands; tests/test_layers.py checks it, and that there is no cycle):
 
-    errors                                       # the one-line errors and warnings the CLI prints
+    errors, durations, presets                   # one-line errors and warnings; '2h' as seconds; the presets
     schedules, files, runlog                     # beta_t and its coefficients; bytes on disk; the run's JSON logs
     spacing, samplers                            # where the steps go; the sampling loops and their registry
     config                                       # the dataclasses: flags, defaults, constraints, presets

@@ -16,45 +16,19 @@ import re
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+from ddpm.durations import parse_duration
 from ddpm.errors import ConfigError
+from ddpm.presets import PRESETS
 from ddpm.samplers import SAMPLERS  # the live registry: a sampler registered later is a valid choice too
 from ddpm.schedules import PREDICTIONS, SCHEDULES, VARIANCES, NoiseSchedule
 from ddpm.spacing import SPACINGS
 
-
-_DURATION = re.compile(r"(?:(\d+(?:\.\d*)?)h)?(?:(\d+(?:\.\d*)?)m(?:in)?)?(?:(\d+(?:\.\d*)?)s)?")
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DEVICE_HELP = "device (auto: CUDA when available, else Apple's MPS, else the CPU)"
 LOSS_WEIGHTS = ("uniform", "min-snr")
 # Precision/recall use each sample's 3rd nearest neighbour, so every evaluation needs at least 4 samples.
 MIN_EVAL_SAMPLES = 4
-
-
-def parse_duration(text: str) -> float:
-    """Seconds in a duration such as ``2h``, ``90m``, ``1h30m``, ``45s``, ``1.5h`` or a plain number of seconds."""
-    text = str(text).strip().lower().replace(" ", "")
-    try:
-        seconds = float(text)
-    except ValueError:
-        match = _DURATION.fullmatch(text)
-        if not text or match is None:
-            raise ValueError(f"{text!r} is not a duration; write e.g. 2h, 90m, 1h30m, 45s or a number of seconds") \
-                from None
-        hours, minutes, secs = (float(g) if g else 0.0 for g in match.groups())
-        seconds = 3600 * hours + 60 * minutes + secs
-    if not math.isfinite(seconds) or seconds < 0:
-        raise ValueError(f"a duration must be a finite number of seconds >= 0, got {text!r}")
-    return seconds
-
-
-def format_duration(seconds: float) -> str:
-    """``seconds`` in the unit that fits: ``42 s``, ``12.5 min``, ``3.02 h``."""
-    if seconds < 100:
-        return f"{seconds:.0f} s"
-    if seconds < 6000:
-        return f"{seconds / 60:.1f} min"
-    return f"{seconds / 3600:.2f} h"
 
 
 def _opt(default: Any, help: str, flag: str | None = None, choices: tuple | None = None, resume: bool = False,
@@ -341,46 +315,6 @@ def may_change_on_resume(section: str, name: str) -> bool:
 LEGACY_DEFAULTS: dict[str, dict[str, Any]] = {
     "train": {"ema_warmup": "tf"},
 }
-
-# Each preset is a set of overrides of the field defaults (which are the `seed` preset).
-PRESETS: dict[str, dict[str, dict[str, Any]]] = {
-    # The original project's network and its "Parameters used".
-    "seed": {},
-    # Ho et al. (2020), appendix B: the 35.7M-parameter CIFAR-10 network and its training recipe.
-    "ho2020": {
-        "model": dict(
-            nf=128, ch_mult=(1, 2, 2, 2), num_res_blocks=2, attn_resolutions=(16,), dropout=0.1,
-            time_emb_dim=512, activation="silu", norm_groups=32, skip="block",
-            # Ho et al.'s TensorFlow code: GroupNorm epsilon 1e-6 and 'SAME' padding of the stride-2 convolutions.
-            norm_eps=1e-6, downsample_padding="same",
-        ),
-        "train": dict(
-            optimizer="adamw", lr=2e-4, batch_size=128, warmup_steps=5000, grad_clip=1.0,
-            ema_decay=0.9999, total_steps=800_000, lr_schedule="constant",
-        ),
-    },
-    # The CPU recipe: the best sample quality per CPU-hour among the candidates compared in docs/benchmarks.md. A
-    # 1.4M-parameter network, bf16 autocast, many small AdamW steps, power EMA warm-up, v-prediction with min-SNR-5.
-    "cpu": {
-        "model": dict(nf=32, ch_mult=(1, 2, 2), attn_resolutions=(8,), norm_groups=8, time_emb_dim=64, dropout=0.0),
-        "diffusion": dict(prediction="v"),
-        "train": dict(
-            optimizer="adamw", lr=5e-4, batch_size=64, warmup_steps=200, total_steps=1_000_000, amp=True,
-            logging_steps=100, checkpoint_every=1000, sample_every=1000, sample_steps=50, num_workers=0,
-            loss_weight="min-snr",
-        ),
-    },
-    # A few hundred thousand parameters: CPU smoke runs, tests and the tutorial.
-    "tiny": {
-        "model": dict(nf=16, ch_mult=(1, 2, 2), attn_resolutions=(8,), norm_groups=8, time_emb_dim=64, dropout=0.0),
-        "diffusion": dict(timesteps=100),  # the unset beta range scales to 1e-3 -> 0.2: alpha-bar_T = 2e-5
-        "train": dict(
-            optimizer="adamw", lr=1e-3, batch_size=16, warmup_steps=10, total_steps=200, ema_decay=0.99,
-            logging_steps=10, checkpoint_every=100, sample_every=100, sample_steps=20, num_workers=0,
-        ),
-    },
-}
-
 
 def make_config(preset: str = "seed", overrides: dict[str, dict[str, Any]] | None = None) -> RunConfig:
     """The preset's config with ``overrides`` (section -> field -> value) applied on top, validated."""

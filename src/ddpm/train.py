@@ -26,11 +26,12 @@ from torch.nn.parallel import DistributedDataParallel
 from ddpm import __version__
 from ddpm.checkpoint import list_checkpoints, load_latest, save_checkpoint
 from ddpm.config import (
-    RunConfig, config_field, flag_name, format_duration, make_config, may_change_on_resume, replace,
+    RunConfig, config_field, flag_name, make_config, may_change_on_resume, replace,
 )
 from ddpm.data import StepBatches, derive_seed, iterate_batches, open_training_data, to_device, to_model_range
 from ddpm.diffusion import GaussianDiffusion
 from ddpm.distributed import DistInfo, amp_dtype, autocast, barrier, cleanup, init_distributed
+from ddpm.durations import format_duration
 from ddpm.ema import EMA
 from ddpm.errors import ConfigError
 from ddpm.files import atomic_write

@@ -8,7 +8,8 @@ import dataclasses
 import typing
 from typing import Any
 
-from ddpm.config import PRESETS, SECTIONS, DiffusionConfig, flag_name
+from ddpm.config import SECTIONS, DiffusionConfig, flag_name
+from ddpm.presets import PRESETS
 from ddpm.samplers import SAMPLERS, sampler_help
 from ddpm.spacing import SPACINGS
 

@@ -47,7 +47,8 @@ EXAMPLES = """examples:
 
 
 def register(subparsers) -> None:
-    from ddpm.config import PRESETS, DiffusionConfig
+    from ddpm.config import DiffusionConfig
+    from ddpm.presets import PRESETS
 
     parser = subparsers.add_parser("visualize", help="figures of the forward and reverse process, loss and network",
                                    description=__doc__, epilog=EXAMPLES, formatter_class=HelpFormatter)
@@ -301,7 +302,8 @@ def run_loss_vs_t(args: argparse.Namespace) -> int:
 
 
 def run_architecture(args: argparse.Namespace) -> int:
-    from ddpm.config import PRESETS, make_config
+    from ddpm.config import make_config
+    from ddpm.presets import PRESETS
     from ddpm.figures.architecture import architecture_figure
     from ddpm.figures.common import save_figure
     from ddpm.model_io import load_model
