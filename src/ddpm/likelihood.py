@@ -3,12 +3,12 @@
     L = L_T + sum_{t>1} L_{t-1} + L_0,   L_T = KL(q(x_T | x_0) || N(0, I)),
     L_{t-1} = KL(q(x_{t-1} | x_t, x_0) || p_theta(x_{t-1} | x_t)),   L_0 = -log p_theta(x_0 | x_1)  (eq. 13).
 
-Timesteps are the code's 0-based ones: the paper's x_t is the code's x_{t-1}, so the paper's L_{t-1} for
-t = 2..T is the KL at the code's t = 1..T-1, the decoder L_0 sits at the code's t = 0 and L_T is the prior KL of the
-code's x_{T-1}. Every one of the T terms is computed (none is sampled, as improved-diffusion's ``calc_bpd_loop``
-does), each with its own draw of x_t ~ q(x_t | x_0). p_theta(x_{t-1} | x_t) = N(mu~(x_t, x0_hat), sigma_t^2) uses
-x0_hat clipped to [-1, 1] and the model's own variance: beta_t ("fixed_large") or beta-tilde_t ("fixed_small"),
-and at t = 0, where beta-tilde is 0, beta-tilde_1 for both (Ho et al.'s code and improved-diffusion do the same).
+Symbols carry the paper's index t = 1..T; tensors the code's 0..T-1, so code index i is the paper's t = i + 1: the
+paper's L_{t-1} for t = 2..T is the KL at code index 1..T-1, the decoder L_0 is at code index 0 and L_T is the prior
+KL of x_T. Every one of the T terms is computed (none is sampled, as improved-diffusion's ``calc_bpd_loop`` does),
+each with its own draw of x_t ~ q(x_t | x_0). p_theta(x_{t-1} | x_t) = N(mu~(x_t, x0_hat), sigma_t^2) uses x0_hat
+clipped to [-1, 1] and the model's own variance, beta_t ("fixed_large") or beta-tilde_t ("fixed_small"); the decoder
+(t = 1, where beta-tilde_1 = 0) uses beta-tilde_2 = ``posterior_variance[1]`` for both, as Ho et al.'s code does.
 
 All arithmetic after the network is float64. Nats become bits/dim by dividing by D ln 2, D = C * H * W.
 """
@@ -61,9 +61,9 @@ def discretized_gaussian_log_likelihood(x: torch.Tensor, mean: torch.Tensor, var
 
 
 def reverse_variance(schedule: NoiseSchedule, variance: str | None = None) -> torch.Tensor:
-    """sigma_t^2 of p_theta(x_{t-1} | x_t) for every code timestep t (float64, length T): beta_t for "fixed_large",
-    beta-tilde_t for "fixed_small" (``variance``, default: the schedule's own), and beta-tilde_1 at t = 0 for both
-    (beta-tilde_0 = 0 would make the decoder a point mass)."""
+    """sigma_t^2 of p_theta(x_{t-1} | x_t), element i for the paper's t = i + 1 (float64, length T): beta_t for
+    "fixed_large", beta-tilde_t for "fixed_small" (``variance``, default: the schedule's own), and beta-tilde_2 at the
+    decoder (element 0, the paper's t = 1) for both: beta-tilde_1 = 0 would make the decoder a point mass."""
     variance = schedule.variance if variance is None else variance
     sigma2 = (schedule.betas if variance == "fixed_large" else schedule.posterior_variance).clone()
     sigma2[0] = schedule.posterior_variance[1]
@@ -80,9 +80,9 @@ def terms_under_variance(terms_bpd: torch.Tensor | Sequence[float], schedule: No
         L_{t-1}(sigma^2) = D k(sigma^2) + S / (2 sigma^2),   k(sigma^2) = (log(sigma^2 / beta-tilde_t) + beta-tilde_t / sigma^2 - 1) / 2,
 
     so S follows from the terms under one variance and gives those under the other: a constant k (0 for
-    beta-tilde_t) plus the mean error rescaled by sigma_source^2 / sigma_target^2. The decoder (t = 0) and the prior
-    use beta-tilde_1 and no variance at all either way, so they are unchanged. The identity holds image by image and
-    for means over images, since it is linear."""
+    beta-tilde_t) plus the mean error rescaled by sigma_source^2 / sigma_target^2. The decoder (code index 0) and the
+    prior use beta-tilde_2 and no variance at all either way, so they are unchanged. The identity holds image by image
+    and for means over images, since it is linear."""
     beta_tilde = schedule.posterior_variance[1:]
     s1, s2 = reverse_variance(schedule, source)[1:], reverse_variance(schedule, target)[1:]
 
@@ -95,15 +95,15 @@ def terms_under_variance(terms_bpd: torch.Tensor | Sequence[float], schedule: No
 
 
 def bound_weight(schedule: NoiseSchedule, variance: str | None = None) -> torch.Tensor:
-    """lambda_t of Ho et al. (2020, eq. 12) for every code timestep t (float64, length T): the weight that turns the
-    squared noise error into the bound's KL term,
+    """lambda_t of Ho et al. (2020, eq. 12), element i for the paper's t = i + 1 (float64, length T): the weight
+    that turns the squared noise error into the bound's KL term,
 
         L_{t-1} - C = lambda_t E||eps - eps_theta(x_t, t)||^2,   lambda_t = beta_t^2 / (2 sigma_t^2 alpha_t (1 - alpha-bar_t)),
 
     per pixel (eq. 8's squared distance of the means, with both means written in eps by eq. 10-11). L_simple (eq. 14)
     sets every lambda_t to 1. sigma_t^2 is ``variance`` (default: the schedule's own), as given: beta_t ("fixed_large"),
-    where lambda_t = beta_t / (2 alpha_t (1 - alpha-bar_t)), or beta-tilde_t ("fixed_small"). At the code's t = 0 the
-    bound's term is the decoder L_0, of which lambda_0 weighs the Gaussian approximation (Ho et al. sec. 3.4); with
+    where lambda_t = beta_t / (2 alpha_t (1 - alpha-bar_t)), or beta-tilde_t ("fixed_small"). At t = 1 (element 0) the
+    bound's term is the decoder L_0, of which lambda_1 weighs the Gaussian approximation (Ho et al. sec. 3.4); with
     "fixed_small" it is infinite there (beta-tilde_1 = 0)."""
     variance = schedule.variance if variance is None else variance
     sigma2 = schedule.betas if variance == "fixed_large" else schedule.posterior_variance
@@ -111,14 +111,14 @@ def bound_weight(schedule: NoiseSchedule, variance: str | None = None) -> torch.
 
 
 def check_bound_schedule(schedule: NoiseSchedule) -> None:
-    """The bound needs T >= 2: at T = 1 the decoder's variance beta-tilde_1 does not exist."""
+    """The bound needs T >= 2: at T = 1 the decoder's variance beta-tilde_2 does not exist."""
     if schedule.timesteps < 2:
         raise ConfigError(f"the variational bound needs a model with at least 2 timesteps (its decoder variance is "
-                          f"beta-tilde_1), this one has T = {schedule.timesteps}")
+                          f"beta-tilde_2, the posterior variance of t = 2), this one has T = {schedule.timesteps}")
 
 
 def prior_kl(schedule: NoiseSchedule, x0: torch.Tensor) -> torch.Tensor:
-    """L_T = KL(q(x_T | x_0) || N(0, I)) in nats per image (float64), x_T being the code's x_{T-1}."""
+    """L_T = KL(q(x_T | x_0) || N(0, I)) in nats per image (float64), x_T being the code's index T - 1."""
     abar = schedule.alphas_cumprod[-1].item()
     x0 = x0.double()
     kl = normal_kl(math.sqrt(abar) * x0, torch.tensor(1 - abar, dtype=torch.float64), torch.zeros_like(x0),
