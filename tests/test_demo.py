@@ -217,3 +217,9 @@ def test_generate_endpoint_with_gradio_client(served, tmp_path):
         client.predict("unicorn", 2.0, 8, 0, api_name="/generate")
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=30) == 0
+
+
+def test_without_gradio_the_command_says_how_to_install_it(cli, monkeypatch):
+    monkeypatch.setitem(sys.modules, "gradio", None)  # what `import gradio` meets where the extra is not installed
+    code, _, err = cli("demo")
+    assert code == 2 and err.strip() == 'ddpm demo: error: ddpm demo needs gradio: pip install -e ".[demo]"'
