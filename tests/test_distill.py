@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
@@ -214,3 +216,24 @@ def test_not_a_model_and_steps_that_do_not_halve(cli, cifar_dir, teacher, tmp_pa
     assert code == 2 and "between 1 and T = 20" in err
     code, _, err = cli("distill", "--save-model", tmp_path / "d")
     assert code == 2 and "name the teacher" in err
+
+
+def test_the_shipped_student(cli, tmp_path):
+    """models/ddpm-cifar10-cpu-distilled.safetensors: two network calls per image with no flags, guidance built in;
+    the repository ships at most three model files, 20 MB in all."""
+    models = Path(__file__).resolve().parents[1] / "models"
+    files = sorted(models.glob("*.safetensors"))
+    assert len(files) <= 3 and sum(f.stat().st_size for f in files) <= 20_000_000
+    student = load_model(models / "ddpm-cifar10-cpu-distilled.safetensors")
+    d = student.config.diffusion
+    assert (d.sampler, d.time_spacing, d.sampling_steps, d.distilled, student.config.model.guidance_scale) == (
+        "ddim", "trailing", 2, True, 1.0)
+    calls = []
+    student.model.register_forward_hook(lambda module, args, out: calls.append(args[0].shape[0]))
+    code, out, err = cli("sample", "--load-model", models / "ddpm-cifar10-cpu-distilled.safetensors", "--class",
+                         "horse", "--num-samples", "4", "--output", tmp_path / "horses.png")
+    assert code == 0, err
+    assert "ddim" in out and (tmp_path / "horses.png").exists()
+    student.diffusion.sample(student.model, (4, 3, 32, 32), *d.sampling(None, None, None)[:2],
+                             spacing="trailing", labels=torch.full((4,), 7), guidance_scale=1.0)
+    assert calls == [4, 4]
