@@ -273,9 +273,9 @@ def test_a_class_conditional_model_goes_out_with_num_class_embeds_and_comes_back
         assert torch.equal(back.model(x, t, labels), original.model(x, t, labels))
 
 
-def test_the_readme_lines_that_sample_a_conditional_export_with_diffusers_run(tmp_path, monkeypatch):
-    """The README's guidance loop over UNet2DModel and DDIMScheduler, as printed, on an exported tiny model."""
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+def test_the_usage_lines_that_sample_a_conditional_export_with_diffusers_run(tmp_path, monkeypatch):
+    """docs/usage.md's guidance loop over UNet2DModel and DDIMScheduler, as printed, on an exported tiny model."""
+    readme = (Path(__file__).resolve().parents[1] / "docs" / "usage.md").read_text()
     code = next(block for block in readme.split("```python")[1:] if "my-cond-ddpm" in block).split("```")[0]
     from ddpm.datasets import CIFAR10_CLASSES
 
