@@ -238,7 +238,7 @@ def test_terms_under_the_other_variance_equal_a_pass_with_it(source, target):
     assert not torch.allclose(passes[source][:, 1:], passes[target][:, 1:], rtol=1e-3)  # the variance does matter
     converted = terms_under_variance(passes[source], diffusion, source, target)
     torch.testing.assert_close(converted, passes[target], rtol=1e-10, atol=1e-12)
-    torch.testing.assert_close(converted[:, 0], passes[source][:, 0], rtol=0, atol=0)  # the decoder: beta-tilde_1 in both
+    torch.testing.assert_close(converted[:, 0], passes[source][:, 0], rtol=0, atol=0)  # the decoder: beta-tilde_2 in both
     torch.testing.assert_close(terms_under_variance(passes[source].mean(0), diffusion, source, target),
                                passes[target].mean(0), rtol=1e-10, atol=1e-12)  # linear: means convert too
 

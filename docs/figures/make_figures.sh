@@ -10,7 +10,7 @@
 #
 # Run it from the root of the repository. The commands are the ones shown next to each figure in the documents.
 # The first four figures need no model; the others use RUN (the last two only a class-conditional one), the loss
-# figure and trajectory-ddpm-eps.png also the eps model shipped before, taken from the git history. Each command
+# figure and trajectory-ddpm-eps.png also the eps model models/ddpm-cifar10-cpu-eps.safetensors. Each command
 # prints what it drew (checkpoint and step included): put that step in the captions of docs/guide.md when the figures
 # come from a new checkpoint.
 set -euo pipefail
@@ -29,12 +29,9 @@ ddpm visualize loss-weights --output docs/figures/loss-weights.png
 ddpm visualize architecture seed --output docs/figures/architecture-seed.png
 ddpm visualize architecture ho2020 --output docs/figures/architecture-ho2020.png
 
-# The unconditional eps-predicting model shipped until 2026-11-28, from the git history: the loss figure and one
-# trajectory draw it beside RUN, the contrast of sections 4 and 5 of the guide (skipped outside a git clone).
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-EPS="$tmp/ddpm-cifar10-cpu-eps.safetensors"
-git show 1f91084:models/ddpm-cifar10-cpu.safetensors > "$EPS" 2>/dev/null || EPS=""
+# The unconditional eps-predicting model (Ho et al.'s recipe), shipped beside RUN: the loss figure and one trajectory
+# draw it beside RUN, the contrast of sections 4 and 6 of the guide.
+EPS=models/ddpm-cifar10-cpu-eps.safetensors
 
 # Loss per timestep of the trained model(s) on held-out (test) images, on the same t and eps.
 ddpm visualize loss-vs-t "$RUN" ${EPS:+"$EPS"} --data-dir "$DATA/test" --num-images 256 \
