@@ -43,7 +43,7 @@ def conditional(tmp_path):
 def test_frames_stream_then_the_samples_equal_ddpm_sample(conditional):
     """About ``frames`` intermediate states, then the final images, which are the images the sampler draws for
     these seeds (image i: seed + i) and this class at this scale."""
-    frames = list(sample_frames(conditional, 7, 2.0, "ddim", 10, "uniform", 5, 3, frames=5))
+    frames = list(sample_frames(conditional, 7, 2.0, ("ddim", 10, "uniform"), 5, 3, frames=5))
     assert [done for *_, done in frames] == [False] * 4 + [True]
     ts = [t for t, *_ in frames[:-1]]
     assert ts == sorted(ts, reverse=True)
@@ -54,12 +54,12 @@ def test_frames_stream_then_the_samples_equal_ddpm_sample(conditional):
 
 
 @pytest.mark.parametrize("args, message", [
-    ((7, 2.0, "ddim", 0, "uniform", 0, 1), "steps must be a whole number from 1 to 20"),
-    ((7, 2.0, "ddim", 21, "uniform", 0, 1), "from 1 to 20"),
-    ((7, 2.0, "ddim", 4, "uniform", 0, 17), "number of images must be from 1 to 16"),
-    ((7, 2.0, "euler", 4, "uniform", 0, 1), "unknown sampler"),
-    ((None, 3.0, "ddim", 4, "uniform", 0, 1), "guidance needs a class"),
-    ((7, -1.0, "ddim", 4, "uniform", 0, 1), "finite number >= 0"),
+    ((7, 2.0, ("ddim", 0, "uniform"), 0, 1), "steps must be a whole number from 1 to 20"),
+    ((7, 2.0, ("ddim", 21, "uniform"), 0, 1), "from 1 to 20"),
+    ((7, 2.0, ("ddim", 4, "uniform"), 0, 17), "number of images must be from 1 to 16"),
+    ((7, 2.0, ("euler", 4, "uniform"), 0, 1), "unknown sampler"),
+    ((None, 3.0, ("ddim", 4, "uniform"), 0, 1), "guidance needs a class"),
+    ((7, -1.0, ("ddim", 4, "uniform"), 0, 1), "finite number >= 0"),
 ])
 def test_bad_sampling_settings_are_refused(conditional, args, message):
     with pytest.raises(ConfigError, match=message):

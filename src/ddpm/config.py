@@ -247,7 +247,10 @@ class DistillConfig:
         return int(math.log2(self.teacher_steps // self.student_steps))
 
     def check(self) -> None:
-        """Refuse step counts that halving cannot connect."""
+        """Refuse values out of their bounds and step counts that halving cannot connect."""
+        for f in fields(self):
+            if f.metadata["bound"]:
+                check_bound(flag_name(f), getattr(self, f.name), f.metadata["bound"])
         for flag, n in (("--teacher-steps", self.teacher_steps), ("--student-steps", self.student_steps)):
             if n & (n - 1):
                 raise ConfigError(f"{flag} must be a power of two for progressive distillation (each stage halves "

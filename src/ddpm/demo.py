@@ -28,6 +28,8 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from ddpm.errors import ConfigError
+from ddpm.figures.common import tile
+from ddpm.guidance import check_guidance
 from ddpm.generate import grid_columns, to_uint8
 from ddpm.model_io import LoadedModel, load_model
 from ddpm.samplers import SAMPLERS, default_steps, randn
@@ -47,18 +49,13 @@ def enlarge(image: np.ndarray, zoom: int = ZOOM) -> np.ndarray:
 
 
 def grid(images: torch.Tensor, columns: int | None = None) -> np.ndarray:
-    """A batch in [-1, 1] (N, C, H, W) as one enlarged uint8 grid, about sqrt(N) columns."""
+    """A batch in [-1, 1] (N, C, H, W) as one enlarged uint8 grid (:func:`ddpm.figures.common.tile`), about sqrt(N)
+    columns."""
     pixels = to_uint8(images).numpy()
     if pixels.shape[-1] == 1:
         pixels = pixels.repeat(3, axis=-1)
     columns = columns or grid_columns(len(pixels))
-    rows = -(-len(pixels) // columns)
-    h, w = pixels.shape[1:3]
-    out = np.full((rows * (h + 1) + 1, columns * (w + 1) + 1, 3), 255, dtype=np.uint8)
-    for i, image in enumerate(pixels):
-        y, x = 1 + (i // columns) * (h + 1), 1 + (i % columns) * (w + 1)
-        out[y:y + h, x:x + w] = image
-    return enlarge(out)
+    return enlarge(tile([pixels[i:i + columns] for i in range(0, len(pixels), columns)]))
 
 
 @dataclass
@@ -105,26 +102,24 @@ def check_sampling(loaded: LoadedModel, sampler: str, steps: int, spacing: str, 
         raise ConfigError(f"the number of images must be from 1 to {MAX_IMAGES}, got {count}")
 
 
-def sample_frames(loaded: LoadedModel, label: int | None, guidance_scale: float, sampler: str, steps: int,
-                  spacing: str, seed: int, count: int, frames: int = 10,
-                  ) -> Iterator[tuple[int, torch.Tensor, torch.Tensor, bool]]:
-    """Draw ``count`` images (image i: seed + i, as ``ddpm sample`` draws it) and yield (t, x_t, x0-hat, done) about
-    ``frames`` times while the sampler runs, then the samples with done = True.
+def sample_frames(loaded: LoadedModel, label: int | None, guidance_scale: float, sampling: tuple[str, int, str],
+                  seed: int, count: int, frames: int = 10) -> Iterator[tuple[int, torch.Tensor, torch.Tensor, bool]]:
+    """Draw ``count`` images (image i: seed + i, as ``ddpm sample`` draws it) with ``sampling`` = (sampler, steps,
+    spacing) and yield (t, x_t, x0-hat, done) about ``frames`` times while the sampler runs, then the samples with
+    done = True.
 
     The sampler runs in a thread and hands its states over through a queue, so that a caller (the page) can show
     them while the next steps are computed.
     """
-    steps, count = int(steps), int(count)
+    sampler, steps, spacing = sampling
     check_sampling(loaded, sampler, steps, spacing, count)
-    if not guidance_scale >= 0 or guidance_scale == float("inf"):
-        raise ConfigError(f"the guidance scale must be a finite number >= 0, got {guidance_scale}")
+    steps, count = int(steps), int(count)
+    labels = None if label is None else torch.full((count,), label, dtype=torch.long)
+    check_guidance(loaded.model, labels, guidance_scale)
     if label is None and loaded.config.model.class_cond and guidance_scale not in (0.0, 1.0):
         raise ConfigError("guidance needs a class; pick one, or set the scale to 1")
-    if not loaded.config.model.class_cond and guidance_scale != 1.0:
-        raise ConfigError(f"{loaded.source.name} is not class-conditional: its guidance scale is 1")
     c, r = loaded.config.model.in_channels, loaded.config.model.resolution
     generators = [torch.Generator().manual_seed(int(seed) + i) for i in range(count)]
-    labels = None if label is None else torch.full((count,), label, dtype=torch.long)
     every = max(1, steps // frames)
     states: queue.Queue = queue.Queue()
 
@@ -234,6 +229,131 @@ def recommended(loaded: LoadedModel) -> tuple[str, int, str]:
     return sampler, steps or min(default_steps(sampler, loaded.diffusion.timesteps), MAX_STEPS), spacing
 
 
+class Actions:
+    """What the page's buttons and sliders do, on ``models`` and the forward tab's ``examples``; each returns (or
+    yields) the values of the page's outputs and raises ConfigError for bad input."""
+
+    def __init__(self, models: DemoModels, examples: dict[str, np.ndarray]):
+        self.models, self.examples = models, examples
+        self.first = models.get(next(iter(models.models)))
+
+    def model_settings(self, name: str):
+        import gradio as gr
+
+        loaded = self.models.get(name)
+        m = loaded.config.model
+        sampler, steps, spacing = recommended(loaded)
+        classes = list(m.class_names)
+        return (gr.update(choices=[""] + classes, value=classes[0] if classes else ""),
+                gr.update(value=m.guidance_scale, interactive=m.class_cond), gr.update(value=sampler),
+                gr.update(value=steps), gr.update(value=spacing), gr.update(maximum=loaded.diffusion.timesteps - 1))
+
+    def generate(self, name, class_name, scale, sampler, steps, spacing, seed, count):
+        import gradio as gr
+
+        loaded = self.models.get(name)
+        label = class_label(loaded, class_name)
+        for t, x, x0, done in sample_frames(loaded, label, float(scale), (sampler, steps, spacing), seed, count):
+            if done:
+                yield grid(x), grid(x), grid(x0), f"done: {int(count)} images, {sampler}, {int(steps)} steps"
+            else:
+                yield gr.update(), grid(x), grid(x0), f"sampling: t = {t + 1}"
+
+    def strip(self, name, class_name, sampler, steps, spacing, seed):
+        loaded = self.models.get(name)
+        label = class_label(loaded, class_name)
+        if label is None:
+            raise ConfigError("the guidance strip needs a class-conditional model and a class")
+        return [(grid(self._one(loaded, label, s, (sampler, steps, spacing), seed)), f"s = {s:g}")
+                for s in STRIP_SCALES]
+
+    def api_generate(self, class_name, guidance_scale, steps, seed):
+        """The ``/generate`` endpoint: one image of the first model with its recommended sampler, as uint8 HWC."""
+        sampler, default, spacing = recommended(self.first)
+        sampling = (sampler, steps or default, spacing)
+        x = self._one(self.first, class_label(self.first, class_name), float(guidance_scale), sampling, seed)
+        return to_uint8(x).numpy()[0]
+
+    @staticmethod
+    def _one(loaded, label, scale, sampling, seed) -> torch.Tensor:
+        """The one image of ``seed``, in [-1, 1]."""
+        *_, (_, x, _, _) = sample_frames(loaded, label, scale, sampling, seed, 1)
+        return x
+
+    def forward(self, name, example, upload, t, seed):
+        loaded = self.models.get(name)
+        if upload:
+            image = read_image(upload, loaded.config.model.resolution)
+        elif example in self.examples:
+            image = self.examples[example]
+        else:
+            raise ConfigError(f"unknown example {example!r}; choose one of {', '.join(self.examples)}")
+        view = forward_view(loaded, image, t, seed)
+        return enlarge(image), view.x_t, view.x0_hat, view.eps_hat, view.eps, view.caption(int(t))
+
+
+def _shown(fn):
+    """``fn`` with a ConfigError shown in the page as a message (the server keeps serving)."""
+    import gradio as gr
+
+    def wrapped(*args):
+        try:
+            result = fn(*args)
+            if hasattr(result, "__next__"):
+                yield from result
+            else:
+                yield result
+        except ConfigError as exc:
+            raise gr.Error(str(exc)) from None
+
+    wrapped.__name__ = fn.__name__
+    return wrapped
+
+
+def _generate_tab(gr, first: LoadedModel) -> dict:
+    """The Generate tab's components by name."""
+    sampler, steps, spacing = recommended(first)
+    classes = list(first.config.model.class_names)
+    c: dict = {}
+    with gr.Row():
+        c["class_name"] = gr.Dropdown([""] + classes, value=classes[7] if len(classes) > 7 else "", label="class",
+                                      allow_custom_value=True)
+        c["scale"] = gr.Slider(0, 8, value=first.config.model.guidance_scale, step=0.5, label="guidance scale",
+                               interactive=first.config.model.class_cond)
+        c["sampler"] = gr.Dropdown(list(SAMPLERS), value=sampler, label="sampler")
+        c["spacing"] = gr.Dropdown(list(SPACINGS), value=spacing, label="step spacing")
+    with gr.Row():
+        c["steps"] = gr.Number(steps, precision=0, label=f"steps (1 to {MAX_STEPS})")
+        c["seed"] = gr.Number(0, precision=0, label="seed (image i: seed + i)")
+        c["count"] = gr.Slider(1, MAX_IMAGES, value=MAX_IMAGES, step=1, label="images")
+    with gr.Row():
+        c["go"] = gr.Button("Generate", variant="primary", elem_id="generate")
+        c["strip_button"] = gr.Button("Guidance strip: this seed at scales 0 to 8", elem_id="strip")
+    c["status"] = gr.Markdown(elem_id="status")
+    with gr.Row():
+        c["result"] = gr.Image(label="samples", elem_id="samples", format="png")
+        c["x_t"] = gr.Image(label="x_t", elem_id="x_t", format="png")
+        c["x0_hat"] = gr.Image(label="x0-hat, the model's guess of the image", elem_id="x0_hat", format="png")
+    c["gallery"] = gr.Gallery(label="guidance strip", columns=len(STRIP_SCALES), elem_id="strip_gallery")
+    return c
+
+
+def _forward_tab(gr, first: LoadedModel, examples: dict[str, np.ndarray]) -> tuple[list, list]:
+    """The Forward tab: its inputs (after the model) and its outputs, in :meth:`Actions.forward`'s order."""
+    side, T = first.config.model.resolution, first.diffusion.timesteps
+    with gr.Row():
+        example = gr.Dropdown(list(examples), value=next(iter(examples)), label="test image")
+        upload = gr.File(label=f"or upload a {side}x{side} image", type="filepath")
+        t = gr.Slider(0, T - 1, value=T // 2, step=1, label="t (0-based)", elem_id="t_slider")
+        noise_seed = gr.Number(0, precision=0, label="seed of eps")
+    caption = gr.Markdown(elem_id="caption")
+    with gr.Row():
+        images = [gr.Image(label="x_0", format="png"), gr.Image(label="x_t", elem_id="forward_xt", format="png"),
+                  gr.Image(label="x0-hat", format="png"), gr.Image(label="eps-hat / 3", format="png"),
+                  gr.Image(label="eps / 3", format="png")]
+    return [example, upload, t, noise_seed], [*images, caption]
+
+
 def build_app(models: DemoModels, examples: dict[str, np.ndarray]):
     """The Gradio page over ``models`` (see the module docstring); ``examples`` are the forward tab's images."""
     import os
@@ -241,131 +361,33 @@ def build_app(models: DemoModels, examples: dict[str, np.ndarray]):
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     import gradio as gr
 
-    def shown(fn):
-        """``fn`` with a ConfigError shown in the page as a message (the server keeps serving)."""
-        def wrapped(*args):
-            try:
-                result = fn(*args)
-                if hasattr(result, "__next__"):
-                    yield from result
-                else:
-                    yield result
-            except ConfigError as exc:
-                raise gr.Error(str(exc)) from None
-        wrapped.__name__ = fn.__name__
-        return wrapped
-
-    names = list(models.models)
-    first = models.get(names[0])
-    sampler0, steps0, spacing0 = recommended(first)
-    classes0 = list(first.config.model.class_names)
-
-    def model_settings(name: str):
-        loaded = models.get(name)
-        m = loaded.config.model
-        sampler, steps, spacing = recommended(loaded)
-        classes = list(m.class_names)
-        return (gr.update(choices=[""] + classes, value=classes[0] if classes else ""),
-                gr.update(value=m.guidance_scale, interactive=m.class_cond), gr.update(value=sampler),
-                gr.update(value=steps), gr.update(value=spacing),
-                gr.update(maximum=loaded.diffusion.timesteps - 1))
-
-    def generate(name, class_name, scale, sampler, steps, spacing, seed, count):
-        loaded = models.get(name)
-        label = class_label(loaded, class_name)
-        for t, x, x0, done in sample_frames(loaded, label, float(scale), sampler, steps, spacing, seed, count):
-            if done:
-                yield grid(x), grid(x), grid(x0), f"done: {int(count)} images, {sampler}, {int(steps)} steps"
-            else:
-                yield gr.update(), grid(x), grid(x0), f"sampling: t = {t + 1}"
-
-    def strip(name, class_name, sampler, steps, spacing, seed):
-        loaded = models.get(name)
-        label = class_label(loaded, class_name)
-        if label is None:
-            raise ConfigError("the guidance strip needs a class-conditional model and a class")
-        images = []
-        for s in STRIP_SCALES:
-            *_, (_, x, _, _) = sample_frames(loaded, label, s, sampler, steps, spacing, seed, 1)
-            images.append((grid(x), f"s = {s:g}"))
-        return images
-
-    def api_generate(class_name, guidance_scale, steps, seed):
-        loaded = first
-        sampler, default_steps, spacing = recommended(loaded)
-        label = class_label(loaded, class_name)
-        *_, (_, x, _, _) = sample_frames(loaded, label, float(guidance_scale), sampler,
-                                         steps or default_steps, spacing, seed, 1)
-        return to_uint8(x).numpy()[0]
-
-    def forward(name, example, upload, t, seed):
-        loaded = models.get(name)
-        if upload:
-            image = read_image(upload, loaded.config.model.resolution)
-        elif example in examples:
-            image = examples[example]
-        else:
-            raise ConfigError(f"unknown example {example!r}; choose one of {', '.join(examples)}")
-        view = forward_view(loaded, image, t, seed)
-        return enlarge(image), view.x_t, view.x0_hat, view.eps_hat, view.eps, view.caption(int(t))
-
+    actions = Actions(models, examples)
     with gr.Blocks(title="ddpm demo") as app:
         gr.Markdown("# ddpm: watch a diffusion model denoise\nGenerate draws images with the reverse process; "
                     "Forward noises a real image with q(x_t | x_0) and shows what the model makes of it.")
-        model = gr.Dropdown(names, value=names[0], label="model")
+        model = gr.Dropdown(list(models.models), value=next(iter(models.models)), label="model")
         with gr.Tab("Generate"):
-            with gr.Row():
-                class_name = gr.Dropdown([""] + classes0, value=classes0[7] if len(classes0) > 7 else "",
-                                         label="class", allow_custom_value=True)
-                scale = gr.Slider(0, 8, value=first.config.model.guidance_scale, step=0.5, label="guidance scale",
-                                  interactive=first.config.model.class_cond)
-                sampler = gr.Dropdown(list(SAMPLERS), value=sampler0, label="sampler")
-                spacing = gr.Dropdown(list(SPACINGS), value=spacing0, label="step spacing")
-            with gr.Row():
-                steps = gr.Number(steps0, precision=0, label=f"steps (1 to {MAX_STEPS})")
-                seed = gr.Number(0, precision=0, label="seed (image i: seed + i)")
-                count = gr.Slider(1, MAX_IMAGES, value=MAX_IMAGES, step=1, label="images")
-            with gr.Row():
-                go = gr.Button("Generate", variant="primary", elem_id="generate")
-                strip_button = gr.Button("Guidance strip: this seed at scales 0 to 8", elem_id="strip")
-            status = gr.Markdown(elem_id="status")
-            with gr.Row():
-                result = gr.Image(label="samples", elem_id="samples", format="png")
-                x_t = gr.Image(label="x_t", elem_id="x_t", format="png")
-                x0_hat = gr.Image(label="x0-hat, the model's guess of the image", elem_id="x0_hat", format="png")
-            strip_gallery = gr.Gallery(label="guidance strip", columns=len(STRIP_SCALES), elem_id="strip_gallery")
+            g = _generate_tab(gr, actions.first)
         with gr.Tab("Forward"):
-            with gr.Row():
-                example = gr.Dropdown(list(examples), value=next(iter(examples)), label="test image")
-                upload = gr.File(label=f"or upload a {first.config.model.resolution}x"
-                                       f"{first.config.model.resolution} image", type="filepath")
-                t = gr.Slider(0, first.diffusion.timesteps - 1, value=first.diffusion.timesteps // 2, step=1,
-                              label="t (0-based)", elem_id="t_slider")
-                noise_seed = gr.Number(0, precision=0, label="seed of eps")
-            caption = gr.Markdown(elem_id="caption")
-            with gr.Row():
-                shown_x0 = gr.Image(label="x_0", format="png")
-                shown_xt = gr.Image(label="x_t", elem_id="forward_xt", format="png")
-                shown_x0_hat = gr.Image(label="x0-hat", format="png")
-                shown_eps_hat = gr.Image(label="eps-hat / 3", format="png")
-                shown_eps = gr.Image(label="eps / 3", format="png")
-        # The API endpoint: hidden inputs, one image out.
-        with gr.Row(visible=False):
+            forward_inputs, forward_outputs = _forward_tab(gr, actions.first, examples)
+        with gr.Row(visible=False):  # the API endpoint: hidden inputs, one image out
             api_inputs = [gr.Textbox(label="class_name"), gr.Number(label="guidance_scale"),
                           gr.Number(label="steps", precision=0), gr.Number(label="seed", precision=0)]
             api_button, api_image = gr.Button(), gr.Image(format="png")
 
-        model.change(shown(model_settings), model, [class_name, scale, sampler, steps, spacing, t],
-                     api_visibility="private")
-        go.click(shown(generate), [model, class_name, scale, sampler, steps, spacing, seed, count],
-                 [result, x_t, x0_hat, status], api_name="generate_stream")
-        strip_button.click(shown(strip), [model, class_name, sampler, steps, spacing, seed], strip_gallery,
-                           api_name="guidance_strip")
-        api_button.click(shown(api_generate), api_inputs, api_image, api_name="generate")
-        forward_outputs = [shown_x0, shown_xt, shown_x0_hat, shown_eps_hat, shown_eps, caption]
-        forward_inputs = [model, example, upload, t, noise_seed]
+        settings = [g["class_name"], g["scale"], g["sampler"], g["steps"], g["spacing"], forward_inputs[2]]
+        model.change(_shown(actions.model_settings), model, settings, api_visibility="private")
+        g["go"].click(_shown(actions.generate), [model, *(g[k] for k in ("class_name", "scale", "sampler", "steps",
+                                                                          "spacing", "seed", "count"))],
+                      [g["result"], g["x_t"], g["x0_hat"], g["status"]], api_name="generate_stream")
+        g["strip_button"].click(_shown(actions.strip), [model, *(g[k] for k in ("class_name", "sampler", "steps",
+                                                                                "spacing", "seed"))],
+                                g["gallery"], api_name="guidance_strip")
+        api_button.click(_shown(actions.api_generate), api_inputs, api_image, api_name="generate")
+        example, upload, t, noise_seed = forward_inputs
         for trigger in (t.change, example.change, upload.change, noise_seed.change, model.change, app.load):
-            trigger(shown(forward), forward_inputs, forward_outputs, api_visibility="private", trigger_mode="always_last")
+            trigger(_shown(actions.forward), [model, *forward_inputs], forward_outputs, api_visibility="private",
+                    trigger_mode="always_last")
     return app
 
 

@@ -152,6 +152,13 @@ class DistillTrainer(Trainer):
         """1 at the start of each stage, falling linearly towards 0 at its end."""
         return 1.0 - (step % self.distill.stage_steps) / self.distill.stage_steps
 
+    def run(self, data, started: float | None = None) -> int | None:
+        """:meth:`ddpm.train.Trainer.run`, then the last stage's student as a model file when the run is complete."""
+        stopped = super().run(data, started)
+        if stopped is None and self.step == self.config.train.total_steps:
+            self.log(f"the student: {self.save_student()}; `ddpm sample --load-model` it (or {self.run_dir})")
+        return stopped
+
     def train_step(self, images: torch.Tensor, labels: torch.Tensor | None = None):
         stage = self.step // self.distill.stage_steps
         if stage != self.teacher_stage:
@@ -269,18 +276,9 @@ def run(distill: DistillConfig, train_overrides: dict[str, Any], resume: bool, l
     config, distill, state, teacher = prepare(distill, train_overrides, resume, log)
     run_dir = Path(config.train.save_model)
     run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write(run_dir / "distill.json", lambda f: f.write(json.dumps(dataclasses.asdict(distill), indent=2).encode()))
+    settings = json.dumps(dataclasses.asdict(distill), indent=2).encode()
+    atomic_write(run_dir / "distill.json", lambda f: f.write(settings))
     guidance = f", guidance scale {distill.guidance_scale} built in" if config.model.class_cond else ""
     log(f"progressive distillation of {distill.teacher}: {distill.teacher_steps} -> {distill.student_steps} DDIM "
         f"steps in {distill.stages()} stages of {distill.stage_steps} steps{guidance}")
-    trainers = []
-
-    def make_trainer(c: RunConfig, dist: DistInfo, s: dict | None, lg) -> DistillTrainer:
-        trainers.append(DistillTrainer(c, dist, s, lg, distill, teacher))
-        return trainers[-1]
-
-    code = train(config, state, log, make_trainer)
-    trainer = trainers[0]
-    if code == 0 and trainer.step == trainer.config.train.total_steps:
-        log(f"the student: {trainer.save_student()}; `ddpm sample --load-model` it (or {run_dir})")
-    return code
+    return train(config, state, log, lambda c, dist, s, lg: DistillTrainer(c, dist, s, lg, distill, teacher))

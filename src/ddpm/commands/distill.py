@@ -32,7 +32,7 @@ def register(subparsers) -> None:
     from ddpm.distill import TRAIN_FLAGS
 
     parser = subparsers.add_parser("distill", help="distil a model into a few-step student",
-                                   description=__doc__.split("; see")[0] + "." + __doc__.split("distill`.", 1)[1],
+                                   description=__doc__,
                                    epilog=EXAMPLE, formatter_class=HelpFormatter)
     parser.add_argument("teacher", metavar="TEACHER", nargs="?", default=None,
                         help=f"the model to distil: {MODEL_SOURCES} (may be left out with --resume)")
@@ -44,15 +44,8 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import dataclasses
-
     from ddpm import distill
 
     overrides = overrides_from_args(args, SECTIONS)
     settings = DistillConfig(**overrides.get("distill", {}), **({"teacher": args.teacher} if args.teacher else {}))
-    for field in dataclasses.fields(settings):
-        if field.metadata["bound"] and getattr(settings, field.name) is not None:
-            from ddpm.config import check_bound, flag_name
-
-            check_bound(flag_name(field), getattr(settings, field.name), field.metadata["bound"])
     return distill.run(settings, overrides.get("train", {}), args.resume)
